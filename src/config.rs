@@ -1,0 +1,167 @@
+//! The daemon's TOML config file, typed, with defaults and validation.
+//!
+//! Default path: `/etc/lazysnap/config.toml`. Every key has a default and an
+//! unknown key is an error (`deny_unknown_fields`). A missing file at the
+//! default path means "all defaults"; a missing file named explicitly is an
+//! error. Command-line flags override the file (as containerd-stargz-grpc's do).
+//!
+//! ```toml
+//! root = "/var/lib/lazysnap"            # metadata, snapshot dirs, mount points
+//! address = "/run/lazysnap/lazysnap.sock" # gRPC socket (Snapshots + Control)
+//! log_level = "info"                     # tracing filter: error|warn|info|debug|trace
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Default path of the config file.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/lazysnap/config.toml";
+/// Default state root.
+pub const DEFAULT_ROOT: &str = "/var/lib/lazysnap";
+/// Default socket path of the daemon.
+pub const DEFAULT_ADDRESS: &str = "/run/lazysnap/lazysnap.sock";
+
+/// The whole config file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// State root: `metadata.redb`, `snapshots/<id>/{fs,work}`, `mnt/<id>`.
+    pub root: PathBuf,
+    /// Unix socket the daemon serves containerd's Snapshots service and the
+    /// Control service on (created with mode 0600).
+    pub address: PathBuf,
+    /// Log filter in `tracing_subscriber::EnvFilter` syntax (e.g. `info`,
+    /// `lazysnap=debug`). RPCs and their labels are logged at `debug`.
+    pub log_level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            root: PathBuf::from(DEFAULT_ROOT),
+            address: PathBuf::from(DEFAULT_ADDRESS),
+            log_level: "info".to_string(),
+        }
+    }
+}
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for [`Config`] (includes unknown keys).
+    #[error("config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (names the key and line).
+        source: toml::de::Error,
+    },
+    /// Values that parse but cannot work; every problem is listed.
+    #[error("config file {path}: {}", problems.join("; "))]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// One sentence per problem.
+        problems: Vec<String>,
+    },
+}
+
+impl Config {
+    /// Loads `path`, or the defaults when `path` is `None` and the default
+    /// file does not exist.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file and what is wrong in it.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let (path, explicit) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Config::default());
+            }
+            Err(source) => return Err(ConfigError::Read { path, source }),
+        };
+        let config = Config::parse(&text).map_err(|source| ConfigError::Parse {
+            path: path.clone(),
+            source,
+        })?;
+        let problems = config.validate();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid { path, problems })
+        }
+    }
+
+    /// Parses TOML text.
+    ///
+    /// # Errors
+    /// The TOML error, which names an unknown key or a wrong type.
+    pub fn parse(text: &str) -> Result<Config, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// Returns every problem with the values (empty when the config is usable).
+    pub fn validate(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if !self.root.is_absolute() {
+            problems.push(format!("root {:?} must be an absolute path", self.root));
+        }
+        if !self.address.is_absolute() {
+            problems.push(format!(
+                "address {:?} must be an absolute path",
+                self.address
+            ));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
+            problems.push(format!(
+                "log_level {:?} is not a valid filter",
+                self.log_level
+            ));
+        }
+        problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_that_names_it() {
+        let err = Config::parse("rootdir = \"/x\"").unwrap_err();
+        assert!(err.to_string().contains("rootdir"), "{err}");
+    }
+
+    #[test]
+    fn values_are_read_and_validated() {
+        let c = Config::parse("root = \"/srv/ls\"\naddress = \"rel.sock\"\nlog_level = \"debug\"")
+            .unwrap();
+        assert_eq!(c.root, PathBuf::from("/srv/ls"));
+        assert_eq!(c.validate().len(), 1);
+        assert!(c.validate()[0].contains("rel.sock"));
+    }
+
+    #[test]
+    fn missing_explicit_file_is_an_error_missing_default_is_not() {
+        let err = Config::load(Some(Path::new("/nonexistent/lazysnap.toml"))).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/lazysnap.toml"));
+    }
+}

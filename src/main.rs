@@ -1,0 +1,151 @@
+//! The `lazysnap` command: `serve` runs the daemon; client subcommands reach
+//! it only through its Control service.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use lazysnap::config::{Config, DEFAULT_ADDRESS};
+use lazysnap::service::{self, ServeOptions};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "lazysnap",
+    version,
+    about = "containerd proxy snapshotter with lazy pulling"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Flags every client subcommand takes, as `ctr` does.
+#[derive(Args, Debug, Clone)]
+struct ClientFlags {
+    /// containerd's socket.
+    #[arg(
+        short = 'a',
+        long,
+        env = "CONTAINERD_ADDRESS",
+        default_value = "/run/containerd/containerd.sock"
+    )]
+    address: PathBuf,
+    /// containerd namespace.
+    #[arg(
+        short = 'n',
+        long,
+        env = "CONTAINERD_NAMESPACE",
+        default_value = "default"
+    )]
+    namespace: String,
+    /// The lazysnap daemon's socket (default: `address` of the config file).
+    #[arg(long, env = "LAZYSNAP_ADDRESS")]
+    lazysnap_address: Option<PathBuf>,
+    /// Config file (for the default daemon socket).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the daemon: containerd's Snapshots service and lazysnap's Control
+    /// service on one unix socket.
+    Serve {
+        /// Config file (default /etc/lazysnap/config.toml; absent = defaults).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// State root (overrides the config's `root`).
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// Socket path (overrides the config's `address`).
+        #[arg(long)]
+        address: Option<PathBuf>,
+        /// Log filter (overrides the config's `log_level`).
+        #[arg(long)]
+        log_level: Option<String>,
+    },
+    /// Print the daemon's status.
+    Status {
+        #[command(flatten)]
+        client: ClientFlags,
+    },
+}
+
+fn init_logs(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LAZYSNAP_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    match cli.command {
+        Command::Serve {
+            config,
+            root,
+            address,
+            log_level,
+        } => {
+            let mut cfg = Config::load(config.as_deref())?;
+            if let Some(r) = root {
+                cfg.root = r;
+            }
+            if let Some(a) = address {
+                cfg.address = a;
+            }
+            if let Some(l) = log_level {
+                cfg.log_level = l;
+            }
+            let problems = cfg.validate();
+            anyhow::ensure!(problems.is_empty(), "{}", problems.join("; "));
+            init_logs(&cfg.log_level);
+            rt.block_on(service::serve(ServeOptions {
+                root: cfg.root,
+                address: cfg.address,
+            }))?;
+            // Exit without running destructors of FUSE sessions: mounts stay.
+            std::process::exit(0);
+        }
+        Command::Status { client } => rt.block_on(status(client)),
+    }
+}
+
+fn daemon_address(c: &ClientFlags) -> anyhow::Result<PathBuf> {
+    if let Some(a) = &c.lazysnap_address {
+        return Ok(a.clone());
+    }
+    Ok(Config::load(c.config.as_deref())
+        .map(|cfg| cfg.address)
+        .unwrap_or_else(|_| PathBuf::from(DEFAULT_ADDRESS)))
+}
+
+async fn status(c: ClientFlags) -> anyhow::Result<()> {
+    use lazysnap::service::proto::lazysnap::v1::{StatusRequest, control_client::ControlClient};
+    let addr = daemon_address(&c)?;
+    let ch = service::connect(&addr)
+        .await
+        .with_context(|| format!("connecting to the lazysnap daemon at {}", addr.display()))?;
+    let st = ControlClient::new(ch)
+        .status(StatusRequest {})
+        .await
+        .context("Status")?
+        .into_inner();
+    println!("version:   {}", st.version);
+    println!("root:      {}", st.root);
+    println!("uptime:    {}s", st.uptime_seconds);
+    println!(
+        "snapshots: {} active, {} view, {} committed",
+        st.snapshots_active, st.snapshots_view, st.snapshots_committed
+    );
+    for m in st.mounts {
+        println!("mount:     {} {} {}", m.state, m.mountpoint, m.key);
+    }
+    Ok(())
+}

@@ -1,0 +1,65 @@
+//! lazysnap's Control service (`lazysnap.v1.Control`): what the CLI asks the
+//! daemon. The CLI never opens the daemon's database itself.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tonic::{Request, Response, Status};
+
+use super::proto::lazysnap::v1 as pb;
+use crate::fs::MountState;
+use crate::snapshot::Snapshotter;
+
+/// The Control gRPC service.
+#[derive(Debug, Clone)]
+pub struct ControlService {
+    inner: Arc<Snapshotter>,
+    root: String,
+    started: Instant,
+}
+
+impl ControlService {
+    /// Serves status of `snapshotter`, whose state lives under `root`.
+    pub fn new(snapshotter: Arc<Snapshotter>, root: String) -> Self {
+        ControlService {
+            inner: snapshotter,
+            root,
+            started: Instant::now(),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::control_server::Control for ControlService {
+    async fn status(
+        &self,
+        _req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let s = self.inner.clone();
+        let st = tokio::task::spawn_blocking(move || s.status())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(pb::StatusResponse {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            root: self.root.clone(),
+            snapshots_active: st.active,
+            snapshots_view: st.view,
+            snapshots_committed: st.committed,
+            mounts: st
+                .mounts
+                .into_iter()
+                .map(|(key, mp, state)| pb::MountStatus {
+                    key,
+                    mountpoint: mp.display().to_string(),
+                    state: match state {
+                        MountState::Live => "live",
+                        MountState::Dead => "dead",
+                        MountState::Absent => "absent",
+                    }
+                    .to_string(),
+                })
+                .collect(),
+            uptime_seconds: self.started.elapsed().as_secs(),
+        }))
+    }
+}

@@ -1,0 +1,13 @@
+//! The process edge: one tonic server on a unix socket (mode 0600) serving
+//! containerd's Snapshots service and lazysnap's Control service; the status
+//! code mapping; signals. No business logic: proto ↔ domain conversion only.
+
+mod control;
+mod grpc;
+pub mod proto;
+mod serve;
+mod status;
+
+pub use control::ControlService;
+pub use grpc::SnapshotsService;
+pub use serve::{ServeError, ServeOptions, connect, serve, serve_with};

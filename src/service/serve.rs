@@ -1,0 +1,136 @@
+//! The daemon's socket: one tonic server with both services on a unix socket
+//! created with mode 0600; SIGTERM/SIGINT stop serving without unmounting
+//! anything (mounts are reconciled on the next start).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use hyper_util::rt::TokioIo;
+use tokio::net::{UnixListener, UnixStream};
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::{Channel, Endpoint, Server};
+use tracing::info;
+
+use super::proto::containerd::services::snapshots::v1::snapshots_server::SnapshotsServer;
+use super::proto::lazysnap::v1::control_server::ControlServer;
+use super::{ControlService, SnapshotsService};
+use crate::snapshot::{FuseMounter, LayerMounter, Snapshotter};
+
+/// What `serve` needs.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// State root.
+    pub root: PathBuf,
+    /// Socket path.
+    pub address: PathBuf,
+}
+
+/// Why serving failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The socket could not be created.
+    #[error("socket {path}: {source}")]
+    Socket {
+        /// The socket path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The state could not be opened.
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
+    /// The server failed.
+    #[error("grpc server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+fn bind(path: &Path) -> Result<UnixListener, ServeError> {
+    let err = |source| ServeError::Socket {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let listener = UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    Ok(listener)
+}
+
+/// Opens the state (reconciling mounts), then serves until SIGTERM or SIGINT.
+///
+/// # Errors
+/// [`ServeError`] when the socket, the state or the server fails.
+pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
+    let rt = tokio::runtime::Handle::current();
+    let mounter: Arc<dyn LayerMounter> = Arc::new(FuseMounter::new(rt));
+    let root = opts.root.clone();
+    let snapshotter = tokio::task::spawn_blocking(move || Snapshotter::open(&root, mounter))
+        .await
+        .map_err(|e| ServeError::Socket {
+            path: opts.root.clone(),
+            source: std::io::Error::other(e),
+        })??;
+    let snapshotter = Arc::new(snapshotter);
+    serve_with(snapshotter, &opts, shutdown_signal()).await
+}
+
+/// Serves `snapshotter` on `opts.address` until `shutdown` completes.
+///
+/// # Errors
+/// [`ServeError`].
+pub async fn serve_with(
+    snapshotter: Arc<Snapshotter>,
+    opts: &ServeOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let listener = bind(&opts.address)?;
+    info!(address = %opts.address.display(), root = %opts.root.display(), "serving");
+    Server::builder()
+        .add_service(SnapshotsServer::new(SnapshotsService::new(
+            snapshotter.clone(),
+        )))
+        .add_service(ControlServer::new(ControlService::new(
+            snapshotter,
+            opts.root.display().to_string(),
+        )))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await?;
+    info!("stopped serving; mounts stay in place");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM"),
+        _ = int.recv() => info!("SIGINT"),
+    }
+}
+
+/// A gRPC channel to a unix socket (for the CLI and tests).
+///
+/// # Errors
+/// The transport error when nothing listens there.
+pub async fn connect(path: &Path) -> Result<Channel, tonic::transport::Error> {
+    let path = path.to_path_buf();
+    Endpoint::from_static("http://[::]:50051")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+        }))
+        .await
+}

@@ -1,0 +1,18 @@
+//! containerd snapshot semantics (Prepare, View, Mounts, Commit, Remove, Stat,
+//! Update, List, Usage, Cleanup) over the metadata store and the mounter.
+//! Must not touch tonic types or fuser; reaches the filesystem only through
+//! [`LayerMounter`].
+
+mod error;
+pub mod filter;
+mod mounter;
+mod mounts;
+mod snapshotter;
+pub mod store;
+mod usage;
+
+pub use error::SnapshotError;
+pub use mounter::{FuseMounter, LayerMounter};
+pub use mounts::Mount;
+pub use snapshotter::{Snapshotter, Status};
+pub use store::{Info, Kind, MountMode};
