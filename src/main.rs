@@ -72,10 +72,18 @@ enum Command {
 }
 
 fn init_logs(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LAZYSNAP_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    use std::io::IsTerminal;
+    // A bare level ("debug") applies to lazysnap itself; the HTTP/2 stack
+    // stays at info so RPC lines are not buried in frame dumps. A full
+    // filter ("lazysnap=debug,h2=trace") is taken as it is.
+    let spec = if level.contains('=') || level.contains(',') {
+        level.to_string()
+    } else {
+        format!("info,lazysnap={level}")
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(tracing_subscriber::EnvFilter::new(spec))
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }
