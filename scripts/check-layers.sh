@@ -4,7 +4,7 @@
 # A module may name `crate::X` only for X to its left.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-order=(oci fs snapshot service)
+order=(oci format fs snapshot service)
 allowed() { # $1 = module, $2 = used module
   [ "$2" = config ] && return 0
   local i j

@@ -33,6 +33,7 @@
 #![warn(missing_docs, missing_debug_implementations)]
 
 pub mod config;
+pub mod format;
 pub mod fs;
 pub mod oci;
 pub mod service;

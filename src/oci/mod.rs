@@ -1,4 +1,7 @@
-//! Shared vocabulary of the OCI and containerd specs: containerd's snapshot
-//! label keys. Depends on nothing else in the crate.
+//! Shared vocabulary of the OCI and containerd specs: digests and
+//! containerd's snapshot label keys. Depends on nothing else in the crate.
 
+pub mod digest;
 pub mod labels;
+
+pub use digest::Digest;

@@ -1,0 +1,109 @@
+//! Turning a fetched compressed span into verified chunk bytes.
+
+use std::io::Read;
+
+use crate::format::{Chunk, Compression, FormatError};
+use crate::oci::Digest;
+
+/// Decompresses `span` (the blob bytes `[chunk.offset, chunk.end)`, or a
+/// prefix of them long enough), skips `chunk.inner_offset` bytes, takes
+/// `chunk.size` bytes and checks them against the chunk's digest. `name`
+/// is the file's name, for the error.
+///
+/// # Errors
+/// [`FormatError::Decompress`] when the span is corrupt or too short;
+/// [`FormatError::ChunkDigest`] when the bytes differ from the TOC: they are
+/// then never returned.
+pub fn decode_verified(
+    compression: Compression,
+    span: &[u8],
+    chunk: &Chunk,
+    name: &str,
+) -> Result<Vec<u8>, FormatError> {
+    let want = chunk.inner_offset + chunk.size;
+    let mut out = Vec::with_capacity(chunk.size as usize);
+    let res = match compression {
+        Compression::Gzip => flate2::read::MultiGzDecoder::new(span)
+            .take(want)
+            .read_to_end(&mut out),
+        Compression::Zstd => {
+            zstd::stream::read::Decoder::new(span).and_then(|d| d.take(want).read_to_end(&mut out))
+        }
+    };
+    let err = |message: String| FormatError::Decompress {
+        what: format!("chunk of {name:?} at blob offset {}", chunk.offset),
+        message,
+    };
+    res.map_err(|e| err(e.to_string()))?;
+    if (out.len() as u64) < want {
+        return Err(err(format!("{} of {want} bytes", out.len())));
+    }
+    out.drain(..chunk.inner_offset as usize);
+    if let Some(expected) = &chunk.digest {
+        let actual = Digest::sha256_of(&out);
+        if &actual != expected {
+            return Err(FormatError::ChunkDigest {
+                name: name.to_string(),
+                file_offset: chunk.file_offset,
+                expected: expected.clone(),
+                actual,
+            });
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn gz(b: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(b).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn chunk(inner: u64, size: u64, data: &[u8]) -> Chunk {
+        Chunk {
+            offset: 0,
+            end: 0,
+            inner_offset: inner,
+            file_offset: 0,
+            size,
+            digest: Some(Digest::sha256_of(data)),
+        }
+    }
+
+    #[test]
+    fn gzip_and_zstd_spans_decode_and_verify() {
+        let payload = b"hello, lazy world";
+        let mut span = gz(b"xxhello, lazy world<next tar header>");
+        span.extend_from_slice(&gz(b"next member"));
+        let c = chunk(2, payload.len() as u64, payload);
+        assert_eq!(
+            decode_verified(Compression::Gzip, &span, &c, "f").unwrap(),
+            payload
+        );
+        let z = zstd::encode_all(&b"hello, lazy world"[..], 3).unwrap();
+        let c = chunk(0, payload.len() as u64, payload);
+        assert_eq!(
+            decode_verified(Compression::Zstd, &z, &c, "f").unwrap(),
+            payload
+        );
+    }
+
+    #[test]
+    fn wrong_bytes_are_never_returned() {
+        let span = gz(b"hello, LAZY world");
+        let c = chunk(0, 17, b"hello, lazy world");
+        let e = decode_verified(Compression::Gzip, &span, &c, "etc/f").unwrap_err();
+        assert!(matches!(e, FormatError::ChunkDigest { .. }), "{e}");
+        assert!(e.to_string().contains("etc/f"));
+        // Truncated span.
+        let span = gz(b"hello, lazy world");
+        let e = decode_verified(Compression::Gzip, &span[..span.len() / 2], &c, "f").unwrap_err();
+        assert!(matches!(e, FormatError::Decompress { .. }), "{e}");
+    }
+}

@@ -1,0 +1,440 @@
+//! The eStargz TOC JSON (`stargz.index.json`, FORMATS.md §1.4) into a
+//! [`Toc`], with every size and offset checked.
+//!
+//! Chunk extents: a payload's compressed span runs from its `offset` to the
+//! next larger distinct payload offset (of entries with `innerOffset == 0`)
+//! or to the TOC offset; several payloads packed into one member share the
+//! member's span and differ by `innerOffset`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+
+use base64::Engine as _;
+use serde::Deserialize;
+
+use crate::format::toc::clean_name;
+use crate::format::{Chunk, Compression, Entry, EntryKind, FormatError, Toc, rfc3339};
+use crate::oci::Digest;
+
+/// Largest uncompressed TOC accepted.
+pub const MAX_TOC_BYTES: u64 = 512 << 20;
+/// Most entries accepted in one TOC.
+pub const MAX_ENTRIES: usize = 8_000_000;
+/// Name of the TOC's tar entry.
+pub const TOC_NAME: &str = "stargz.index.json";
+
+#[derive(Deserialize)]
+struct JToc {
+    version: i64,
+    entries: Vec<JEntry>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct JEntry {
+    name: String,
+    #[serde(rename = "type")]
+    kind: String,
+    size: i64,
+    modtime: Option<String>,
+    link_name: String,
+    mode: i64,
+    uid: i64,
+    gid: i64,
+    dev_major: i64,
+    dev_minor: i64,
+    xattrs: BTreeMap<String, String>,
+    digest: String,
+    offset: i64,
+    inner_offset: i64,
+    chunk_offset: i64,
+    chunk_size: i64,
+    chunk_digest: String,
+}
+
+fn nonneg(v: i64, what: &str, name: &str) -> Result<u64, FormatError> {
+    u64::try_from(v)
+        .map_err(|_| FormatError::Toc(format!("entry {name:?}: {what} {v} is negative")))
+}
+
+fn digest(s: &str, name: &str) -> Result<Option<Digest>, FormatError> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    s.parse()
+        .map(Some)
+        .map_err(|e| FormatError::Toc(format!("entry {name:?}: {e}")))
+}
+
+fn id(v: i64, what: &str, name: &str) -> Result<u32, FormatError> {
+    u32::try_from(v)
+        .map_err(|_| FormatError::Toc(format!("entry {name:?}: {what} {v} out of range")))
+}
+
+/// Checks `json` against the TOC digest the manifest promised.
+///
+/// # Errors
+/// [`FormatError::TocDigest`] on a mismatch.
+pub fn verify_toc(json: &[u8], expected: &Digest) -> Result<(), FormatError> {
+    let actual = Digest::sha256_of(json);
+    if &actual == expected {
+        Ok(())
+    } else {
+        Err(FormatError::TocDigest {
+            expected: expected.clone(),
+            actual,
+        })
+    }
+}
+
+/// Extracts the TOC JSON from the gzip TOC member `[tocOffset, footer)`:
+/// a tar header for `stargz.index.json`, its bytes, and end-of-archive.
+///
+/// # Errors
+/// [`FormatError::Decompress`], [`FormatError::Toc`] when the member holds
+/// no such tar entry, [`FormatError::TooLarge`] past [`MAX_TOC_BYTES`].
+pub fn toc_json_from_gzip_member(member: &[u8]) -> Result<Vec<u8>, FormatError> {
+    let mut dec = flate2::read::GzDecoder::new(member);
+    let mut header = [0u8; 512];
+    dec.read_exact(&mut header)
+        .map_err(|e| FormatError::Decompress {
+            what: "TOC member".to_string(),
+            message: e.to_string(),
+        })?;
+    let name_end = header[..100].iter().position(|&b| b == 0).unwrap_or(100);
+    if &header[..name_end] != TOC_NAME.as_bytes() {
+        return Err(FormatError::Toc(format!(
+            "TOC member starts with entry {:?}, not {TOC_NAME}",
+            String::from_utf8_lossy(&header[..name_end])
+        )));
+    }
+    let size_field = std::str::from_utf8(&header[124..136])
+        .unwrap_or("")
+        .trim_matches(|c: char| c == '\0' || c == ' ');
+    let size = u64::from_str_radix(size_field, 8).map_err(|_| {
+        FormatError::Toc(format!("TOC tar header size {size_field:?} is not octal"))
+    })?;
+    if size > MAX_TOC_BYTES {
+        return Err(FormatError::TooLarge {
+            what: "TOC",
+            size,
+            max: MAX_TOC_BYTES,
+        });
+    }
+    let mut json = vec![0u8; size as usize];
+    dec.read_exact(&mut json)
+        .map_err(|e| FormatError::Decompress {
+            what: "TOC JSON".to_string(),
+            message: e.to_string(),
+        })?;
+    Ok(json)
+}
+
+/// Parses TOC JSON of a blob whose TOC starts at `toc_offset`, with members
+/// compressed by `compression`.
+///
+/// # Errors
+/// [`FormatError::Toc`] naming the entry for: bad JSON, an unknown type, a
+/// negative or out-of-blob offset, a `chunk` without a preceding regular file
+/// of that name, chunks that do not tile the file, a bad digest or xattr.
+pub fn parse_toc(
+    json: &[u8],
+    toc_offset: u64,
+    compression: Compression,
+) -> Result<Toc, FormatError> {
+    if json.len() as u64 > MAX_TOC_BYTES {
+        return Err(FormatError::TooLarge {
+            what: "TOC",
+            size: json.len() as u64,
+            max: MAX_TOC_BYTES,
+        });
+    }
+    let jtoc: JToc =
+        serde_json::from_slice(json).map_err(|e| FormatError::Toc(format!("JSON: {e}")))?;
+    if jtoc.version != 1 {
+        return Err(FormatError::Toc(format!(
+            "version {}, want 1",
+            jtoc.version
+        )));
+    }
+    if jtoc.entries.len() > MAX_ENTRIES {
+        return Err(FormatError::TooLarge {
+            what: "TOC entry list",
+            size: jtoc.entries.len() as u64,
+            max: MAX_ENTRIES as u64,
+        });
+    }
+    // Distinct payload member starts, for the compressed extents.
+    let mut starts = BTreeSet::new();
+    for e in &jtoc.entries {
+        if (e.kind == "reg" && e.size > 0 || e.kind == "chunk") && e.inner_offset == 0 {
+            starts.insert(nonneg(e.offset, "offset", &e.name)?);
+        }
+    }
+    let mut entries: Vec<Entry> = Vec::with_capacity(jtoc.entries.len());
+    // Index in `entries` of the last regular file, for its `chunk` entries.
+    let mut last_reg: Option<usize> = None;
+    for je in &jtoc.entries {
+        let name = clean_name(&je.name).map_err(FormatError::Toc)?;
+        if je.kind == "chunk" {
+            let Some(i) = last_reg.filter(|&i| entries[i].name == name) else {
+                return Err(FormatError::Toc(format!(
+                    "chunk entry {name:?} does not follow a regular file of that name"
+                )));
+            };
+            let c = chunk(je, &name, entries[i].size, toc_offset, &starts)?;
+            entries[i].chunks.push(c);
+            continue;
+        }
+        let kind = match je.kind.as_str() {
+            "dir" => EntryKind::Dir,
+            "reg" => EntryKind::Reg,
+            "symlink" => EntryKind::Symlink,
+            "hardlink" => EntryKind::Hardlink,
+            "char" => EntryKind::Char,
+            "block" => EntryKind::Block,
+            "fifo" => EntryKind::Fifo,
+            other => {
+                return Err(FormatError::Toc(format!(
+                    "entry {name:?}: unknown type {other:?}"
+                )));
+            }
+        };
+        let size = nonneg(je.size, "size", &name)?;
+        let mut xattrs = BTreeMap::new();
+        for (k, v) in &je.xattrs {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(v)
+                .map_err(|e| FormatError::Toc(format!("entry {name:?}: xattr {k:?}: {e}")))?;
+            xattrs.insert(k.clone(), bytes);
+        }
+        let link_name = match kind {
+            EntryKind::Hardlink => clean_name(&je.link_name).map_err(FormatError::Toc)?,
+            _ => je.link_name.clone(),
+        };
+        let mtime = match je.modtime.as_deref() {
+            None | Some("") => (0, 0),
+            Some(t) => {
+                rfc3339::parse(t).map_err(|e| FormatError::Toc(format!("entry {name:?}: {e}")))?
+            }
+        };
+        let mut entry = Entry {
+            name: name.clone(),
+            kind,
+            size: if kind == EntryKind::Reg { size } else { 0 },
+            mode: (je.mode & 0o7777) as u32,
+            uid: id(je.uid, "uid", &name)?,
+            gid: id(je.gid, "gid", &name)?,
+            mtime,
+            link_name,
+            dev_major: id(je.dev_major, "devMajor", &name)?,
+            dev_minor: id(je.dev_minor, "devMinor", &name)?,
+            xattrs,
+            digest: digest(&je.digest, &name)?,
+            chunks: Vec::new(),
+        };
+        if kind == EntryKind::Reg && size > 0 {
+            let c = chunk(je, &name, size, toc_offset, &starts)?;
+            entry.chunks.push(c);
+        }
+        last_reg = (kind == EntryKind::Reg).then_some(entries.len());
+        entries.push(entry);
+    }
+    for e in &mut entries {
+        check_tiling(e)?;
+        // Without per-chunk digests a single-chunk file is checked by its digest.
+        if let [c] = e.chunks.as_mut_slice()
+            && c.digest.is_none()
+        {
+            c.digest = e.digest.clone();
+        }
+    }
+    Ok(Toc {
+        compression,
+        entries,
+    })
+}
+
+fn chunk(
+    je: &JEntry,
+    name: &str,
+    file_size: u64,
+    toc_offset: u64,
+    starts: &BTreeSet<u64>,
+) -> Result<Chunk, FormatError> {
+    let offset = nonneg(je.offset, "offset", name)?;
+    let file_offset = nonneg(je.chunk_offset, "chunkOffset", name)?;
+    let mut size = nonneg(je.chunk_size, "chunkSize", name)?;
+    if size == 0 {
+        size = file_size.checked_sub(file_offset).ok_or_else(|| {
+            FormatError::Toc(format!(
+                "entry {name:?}: chunkOffset {file_offset} past size {file_size}"
+            ))
+        })?;
+    }
+    if offset >= toc_offset {
+        return Err(FormatError::Toc(format!(
+            "entry {name:?}: offset {offset} is not before the TOC at {toc_offset}"
+        )));
+    }
+    let end = starts
+        .range(offset + 1..)
+        .next()
+        .copied()
+        .unwrap_or(toc_offset)
+        .min(toc_offset);
+    Ok(Chunk {
+        offset,
+        end,
+        inner_offset: nonneg(je.inner_offset, "innerOffset", name)?,
+        file_offset,
+        size,
+        digest: digest(&je.chunk_digest, name)?,
+    })
+}
+
+/// The chunks of a regular file must cover `[0, size)` in order, without gaps.
+fn check_tiling(e: &Entry) -> Result<(), FormatError> {
+    if e.kind != EntryKind::Reg {
+        return Ok(());
+    }
+    let mut at = 0u64;
+    for c in &e.chunks {
+        if c.file_offset != at || c.size == 0 {
+            return Err(FormatError::Toc(format!(
+                "entry {:?}: chunk at file offset {} (size {}) where {at} was expected",
+                e.name, c.file_offset, c.size
+            )));
+        }
+        at += c.size;
+    }
+    if at != e.size {
+        return Err(FormatError::Toc(format!(
+            "entry {:?}: chunks cover {at} of {} bytes",
+            e.name, e.size
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D1: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000001";
+    const D2: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000002";
+
+    fn toc(entries: &str) -> String {
+        format!("{{\"version\":1,\"entries\":[{entries}]}}")
+    }
+
+    #[test]
+    fn entries_chunks_and_extents() {
+        let j = toc(&format!(
+            r#"{{"name":"./","type":"dir","mode":16877}},
+               {{"name":"bin/","type":"dir","mode":493,"modtime":"2023-11-14T22:13:20Z"}},
+               {{"name":"bin/big","type":"reg","size":10,"mode":2541,"uid":1000,"gid":1000,"offset":100,"chunkSize":6,"chunkDigest":"{D1}","digest":"{D2}","xattrs":{{"user.t":"AQI="}}}},
+               {{"name":"bin/big","type":"chunk","offset":200,"chunkOffset":6,"chunkDigest":"{D2}"}},
+               {{"name":"bin/sh","type":"symlink","linkName":"big"}},
+               {{"name":"./bin/hl","type":"hardlink","linkName":"./bin/big"}},
+               {{"name":"empty","type":"reg"}},
+               {{"name":"dev/null","type":"char","devMajor":1,"devMinor":3}}"#
+        ));
+        let t = parse_toc(j.as_bytes(), 500, Compression::Gzip).unwrap();
+        let names: Vec<&str> = t.entries.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "", "bin", "bin/big", "bin/sh", "bin/hl", "empty", "dev/null"
+            ]
+        );
+        let big = &t.entries[2];
+        assert_eq!(big.mode, 0o4755);
+        assert_eq!((big.uid, big.gid, big.size), (1000, 1000, 10));
+        assert_eq!(big.xattrs["user.t"], vec![1, 2]);
+        assert_eq!(big.chunks.len(), 2);
+        assert_eq!(
+            (big.chunks[0].offset, big.chunks[0].end, big.chunks[0].size),
+            (100, 200, 6)
+        );
+        assert_eq!(
+            (big.chunks[1].offset, big.chunks[1].end, big.chunks[1].size),
+            (200, 500, 4)
+        );
+        assert_eq!(big.chunks[1].file_offset, 6);
+        assert_eq!(t.entries[1].mtime, (1_700_000_000, 0));
+        assert_eq!(t.entries[4].link_name, "bin/big");
+        assert_eq!(t.entries[5].chunks.len(), 0);
+        assert_eq!((t.entries[6].dev_major, t.entries[6].dev_minor), (1, 3));
+    }
+
+    #[test]
+    fn single_chunk_file_falls_back_to_file_digest() {
+        let j = toc(&format!(
+            r#"{{"name":"f","type":"reg","size":3,"offset":10,"digest":"{D1}"}}"#
+        ));
+        let t = parse_toc(j.as_bytes(), 50, Compression::Zstd).unwrap();
+        assert_eq!(t.entries[0].chunks[0].digest.as_ref().unwrap().as_str(), D1);
+    }
+
+    #[test]
+    fn malformed_tocs_name_the_entry() {
+        let cases = [
+            (
+                toc(r#"{"name":"f","type":"chunk","offset":1}"#),
+                "does not follow",
+            ),
+            (toc(r#"{"name":"f","type":"weird"}"#), "unknown type"),
+            (
+                toc(r#"{"name":"f","type":"reg","size":5,"offset":900}"#),
+                "not before the TOC",
+            ),
+            (
+                toc(r#"{"name":"f","type":"reg","size":5,"offset":10,"chunkSize":2}"#),
+                "cover 2 of 5",
+            ),
+            (toc(r#"{"name":"f","type":"reg","size":-1}"#), "negative"),
+            (toc(r#"{"name":"../x","type":"dir"}"#), "above the root"),
+            (
+                toc(r#"{"name":"f","type":"reg","digest":"md5:x"}"#),
+                "md5:x",
+            ),
+            ("{\"version\":2,\"entries\":[]}".to_string(), "version 2"),
+            ("not json".to_string(), "JSON"),
+        ];
+        for (j, want) in cases {
+            let e = parse_toc(j.as_bytes(), 100, Compression::Gzip)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{j}: {e}");
+        }
+    }
+
+    #[test]
+    fn toc_digest_is_checked_over_exact_bytes() {
+        let j = b"{\"version\":1,\"entries\":[]}";
+        verify_toc(j, &Digest::sha256_of(j)).unwrap();
+        let e = verify_toc(b" {\"version\":1,\"entries\":[]}", &Digest::sha256_of(j)).unwrap_err();
+        assert!(matches!(e, FormatError::TocDigest { .. }));
+    }
+
+    #[test]
+    fn toc_member_round_trip() {
+        use std::io::Write;
+        let json = b"{\"version\":1,\"entries\":[]}";
+        let mut tar = vec![0u8; 512];
+        tar[..TOC_NAME.len()].copy_from_slice(TOC_NAME.as_bytes());
+        tar[124..135].copy_from_slice(format!("{:011o}", json.len()).as_bytes());
+        tar.extend_from_slice(json);
+        tar.resize(512 + 512 + 1024, 0);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&tar).unwrap();
+        let member = gz.finish().unwrap();
+        assert_eq!(toc_json_from_gzip_member(&member).unwrap(), json);
+        let mut other = tar.clone();
+        other[..3].copy_from_slice(b"xyz");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&other).unwrap();
+        assert!(toc_json_from_gzip_member(&gz.finish().unwrap()).is_err());
+    }
+}
