@@ -1,5 +1,63 @@
-//! stub
+//! The union filesystem: owns the FUSE mounts, the merge of lowers and upper,
+//! copy-up and whiteouts. Must not touch gRPC or the snapshot metadata; it is
+//! the only module that imports `fuser`.
+//!
+//! Public contract used by `snapshot`:
+//! - [`MountSpec`] describes one union (lowers nearest-first, optional upper).
+//! - [`mount`] starts a FUSE session serving it at `spec.mountpoint`.
+//! - [`unmount`] detaches a mount point (lazily when busy).
+//! - [`mount_state`] tells whether a mount point is served, dead or absent.
+//!
+//! Layout: `lower` (read-only layers, shared per path), `backing` (syscalls on
+//! a local overlayfs-format dir), `union` (merge rules), `inode` (node ids,
+//! `st_ino` scheme, persistent origin map), `upper` (copying entries into the
+//! upper), `copyup` (copy-up policies), `ops*` ([`UnionFs`], one method per
+//! FUSE operation), `fuse_adapter` (the thin fuser impl), `errno` (the one
+//! errno table), `mount`, `error`.
+//!
+//! # Policies (what the upper holds, for the commit step and for users)
+//!
+//! - **Format.** The upper is in overlayfs format: a deleted lower name is a
+//!   0/0 character device, a directory replacing lower content carries
+//!   `trusted.overlay.opaque=y`; no redirect or origin xattrs are written, so
+//!   the upper can be a lower of this union or of kernel overlayfs as is.
+//!   A 0/0 character device cannot be created through the union (EPERM, as
+//!   in kernel overlayfs).
+//! - **Renamed lower directories** are copied up whole (recursively), the
+//!   new directory is opaque, the old name a whiteout.
+//! - **Hardlinks** keep their group on copy-up: one copy of the data, every
+//!   visible name linked to it; `st_nlink` = number of names sharing `st_ino`.
+//! - **`st_ino`** is derived from (layer, backing inode) and kept across
+//!   copy-up and restarts by a map in `work` (see `inode.rs`); directories
+//!   merged from several layers report `st_nlink` 1, like overlayfs.
+//! - **Consistency.** No writeback cache: a write reaches the upper file
+//!   before it is acknowledged, so after `syncfs` (of the upper's filesystem)
+//!   a reader of the upper dir sees a consistent tree. The kernel caches
+//!   entries, attributes and pages for a long time, which is safe because the
+//!   upper changes only through this filesystem and lowers are immutable.
+//! - **Locks** (POSIX and `flock`) are kept by the kernel, locally.
+
+mod backing;
+mod copyup;
+mod errno;
 mod error;
+mod fuse_adapter;
+mod inode;
+mod lower;
 mod mount;
+mod ops;
+mod ops_attr;
+mod ops_io;
+mod ops_ns;
+mod union;
+mod upper;
+
+#[cfg(test)]
+mod mount_tests;
+
+pub use backing::{EntryAttr, EntryKind, OPAQUE_XATTR};
 pub use error::FsError;
+pub use lower::{Lower, LowerKind};
 pub use mount::{MountHandle, MountSpec, MountState, mount, mount_state, unmount};
+pub use ops::{Ctx, DirSnapEnt, Entry, FsStats, NodeAttr, UnionFs};
+pub use ops_attr::{SetAttr, TimeSet};
