@@ -5,6 +5,7 @@
 
 mod error;
 pub mod filter;
+mod implicit;
 mod mounter;
 mod mounts;
 mod snapshotter;

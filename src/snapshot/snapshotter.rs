@@ -27,6 +27,7 @@ use tracing::{info, warn};
 
 use super::SnapshotError;
 use super::filter::{self, Adaptor, Filter};
+use super::implicit::restore_implicit_dir_times;
 use super::mounter::LayerMounter;
 use super::mounts::{self, Mount};
 use super::store::{Info, Kind, MountMode, Record, Store, now_ns};
@@ -321,6 +322,19 @@ impl Snapshotter {
         }
         if self.store.get(name)?.is_some() {
             return Err(SnapshotError::AlreadyExists(name.to_string()));
+        }
+        if rec.mount_mode == MountMode::Overlay && rec.parent.is_some() {
+            let lowers = self.lower_dirs(rec.parent.as_deref())?;
+            let dir = self.layer_dir(rec.id);
+            match restore_implicit_dir_times(&dir, &lowers, rec.created_ns) {
+                Ok(n) if n > 0 => info!(
+                    key,
+                    dirs = n,
+                    "implicit parent dirs keep the parent layer's times"
+                ),
+                Ok(_) => {}
+                Err((p, e)) => return Err(SnapshotError::io(key, p, e)),
+            }
         }
         if rec.mount_mode == MountMode::Fuse {
             // The upper becomes a lower: nothing may write to it any more.

@@ -220,8 +220,22 @@ impl Store {
     /// [`SnapshotError::Store`] when the file is unreadable or has another
     /// schema version.
     pub fn open(path: &Path) -> Result<Store, SnapshotError> {
-        let db = Database::create(path)
-            .map_err(|e| SnapshotError::Store(format!("{}: {e}", path.display())))?;
+        // A daemon killed a moment ago may still hold the file lock while the
+        // kernel tears its threads down: wait for it, as a restart would.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let db = loop {
+            match Database::create(path) {
+                Ok(db) => break db,
+                Err(redb::DatabaseError::DatabaseAlreadyOpen)
+                    if std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(e) => {
+                    return Err(SnapshotError::Store(format!("{}: {e}", path.display())));
+                }
+            }
+        };
         let store = Store { db };
         let found = store.write(|t| {
             let v = t.meta.get("schema_version")?.map(|v| v.value());
