@@ -234,6 +234,52 @@ pub fn lazysnap_log_tail(n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// Whether the daemon answers `lazysnap status`.
+pub fn daemon_answers() -> bool {
+    let e = env();
+    let bin = e
+        .vars
+        .get("LAZYSNAP_BIN")
+        .cloned()
+        .unwrap_or_else(|| repo().join("target/release/lazysnap").display().to_string());
+    Command::new("timeout")
+        .args(["10", &bin, "status", "--lazysnap-address"])
+        .arg(&e.lazysnap_address)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Keep one failed test from failing all later ones: if an earlier test left the daemon
+/// dead, say so and start it again (a failure to start fails this test).
+fn ensure_daemon_up() {
+    static REVIVE: Mutex<()> = Mutex::new(());
+    let _g = REVIVE.lock().unwrap_or_else(|e| e.into_inner());
+    if daemon_answers() {
+        return;
+    }
+    eprintln!("note: lazysnap does not answer (an earlier test left it down); starting it again");
+    let dir = &env().dir;
+    let _ = Command::new(script("env-lazysnap.sh"))
+        .arg(dir)
+        .arg("stop")
+        .status();
+    let out = Command::new(script("env-lazysnap.sh"))
+        .arg(dir)
+        .arg("start")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run scripts/env-lazysnap.sh");
+    assert!(
+        out.status.success(),
+        "lazysnap is down and does not start again:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 enum Guard {
     Shared(#[allow(dead_code)] RwLockReadGuard<'static, ()>),
     Exclusive(#[allow(dead_code)] RwLockWriteGuard<'static, ()>),
@@ -280,6 +326,9 @@ impl Test {
     }
 
     fn with_guard(name: &str, guard: Guard) -> Test {
+        if is_lazysnap() {
+            ensure_daemon_up();
+        }
         let t = Test {
             ns: namespace_for(name),
             _guard: guard,
