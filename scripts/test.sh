@@ -2,7 +2,8 @@
 # test.sh: everything CI checks, in order: setup (packages + release build), cargo fmt --check,
 # cargo clippy --all-targets -D warnings, then cargo test (unit, integration and the end-to-end
 # tests, which share one registry + lazysnap + containerd environment started here and
-# exported as LAZYSNAP_TEST_ENV). Ends with one summary line; exit status 0 only if all passed.
+# exported as LAZYSNAP_TEST_ENV), the layering check and pjdfstest on a lazysnap mount
+# (scripts/pjdfstest.sh). Ends with one summary line; exit status 0 only if all passed.
 # Extra arguments go to cargo test (e.g. scripts/test.sh --test e2e_cases).
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -59,6 +60,10 @@ if scripts/env-up.sh "$DIR" && scripts/images.sh push "$DIR"; then
     failed=1
     names=$(sed -n 's/^test \(.*\) \.\.\. FAILED$/\1/p' "$DIR/cargo-test.log" | tr '\n' ' ' | sed 's/ $//')
     results+=("test FAILED${names:+ ($names)}")
+  fi
+  if [ $# -eq 0 ]; then
+    step layering scripts/check-layers.sh
+    step pjdfstest scripts/pjdfstest.sh "$DIR"
   fi
   if [ "$failed" != 0 ] && [ -f "$DIR/lazysnap.log" ]; then
     log "daemon log: last lines of $DIR/lazysnap.log"
