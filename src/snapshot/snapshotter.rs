@@ -257,17 +257,35 @@ impl Snapshotter {
             std::fs::create_dir_all(&d).map_err(|e| SnapshotError::io(key, &d, e))?;
         }
         if rec.mount_mode == MountMode::Fuse {
-            let mp = self.mount_point(rec.id);
-            std::fs::create_dir_all(&mp).map_err(|e| SnapshotError::io(key, &mp, e))?;
-            let spec = self.fuse_spec(key, rec)?;
-            self.mounter
-                .mount(spec)
-                .map_err(|source| SnapshotError::Mount {
-                    key: key.to_string(),
-                    source,
-                })?;
+            self.mount_union(key, rec)?;
         }
         Ok(())
+    }
+
+    /// Unmounts the FUSE union of `rec` (lazily when busy), if it has one.
+    fn unmount_union(&self, key: &str, rec: &Record) -> Result<(), SnapshotError> {
+        if rec.mount_mode != MountMode::Fuse {
+            return Ok(());
+        }
+        self.mounter
+            .unmount(&self.mount_point(rec.id))
+            .map_err(|source| SnapshotError::Mount {
+                key: key.to_string(),
+                source,
+            })
+    }
+
+    /// Mounts the FUSE union of `rec` at its mount point.
+    fn mount_union(&self, key: &str, rec: &Record) -> Result<(), SnapshotError> {
+        let mp = self.mount_point(rec.id);
+        std::fs::create_dir_all(&mp).map_err(|e| SnapshotError::io(key, &mp, e))?;
+        let spec = self.fuse_spec(key, rec)?;
+        self.mounter
+            .mount(spec)
+            .map_err(|source| SnapshotError::Mount {
+                key: key.to_string(),
+                source,
+            })
     }
 
     /// Mounts of an Active or View snapshot.
@@ -336,17 +354,9 @@ impl Snapshotter {
                 Err((p, e)) => return Err(SnapshotError::io(key, p, e)),
             }
         }
-        if rec.mount_mode == MountMode::Fuse {
-            // The upper becomes a lower: nothing may write to it any more.
-            let mp = self.mount_point(rec.id);
-            self.mounter
-                .unmount(&mp)
-                .map_err(|source| SnapshotError::Mount {
-                    key: key.to_string(),
-                    source,
-                })?;
-            let _ = std::fs::remove_dir(&mp);
-        }
+        // The upper becomes a lower: nothing may write to it any more.
+        self.unmount_union(key, &rec)?;
+        let _ = std::fs::remove_dir(self.mount_point(rec.id));
         let now = now_ns();
         self.store.write(|t| {
             let cur = t
@@ -384,15 +394,7 @@ impl Snapshotter {
                 reason: "cannot remove snapshot with child".to_string(),
             });
         }
-        if rec.mount_mode == MountMode::Fuse {
-            let mp = self.mount_point(rec.id);
-            self.mounter
-                .unmount(&mp)
-                .map_err(|source| SnapshotError::Mount {
-                    key: key.to_string(),
-                    source,
-                })?;
-        }
+        self.unmount_union(key, &rec)?;
         self.store.write(|t| {
             if t.has_children(key)? {
                 return Err(SnapshotError::FailedPrecondition {
@@ -563,17 +565,7 @@ impl Snapshotter {
                 }
                 MountState::Absent => {}
             }
-            let remount = || -> Result<(), SnapshotError> {
-                std::fs::create_dir_all(&mp).map_err(|e| SnapshotError::io(&key, &mp, e))?;
-                let spec = self.fuse_spec(&key, &rec)?;
-                self.mounter
-                    .mount(spec)
-                    .map_err(|source| SnapshotError::Mount {
-                        key: key.clone(),
-                        source,
-                    })
-            };
-            match remount() {
+            match self.mount_union(&key, &rec) {
                 Ok(()) => info!(key, path = %mp.display(), "remounted"),
                 Err(e) => warn!(key, error = %e, "cannot remount snapshot"),
             }
