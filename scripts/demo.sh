@@ -44,8 +44,9 @@ run_first_line() {
 }
 
 # measure SNAPSHOTTER [rpull]: cold (pull + run) and warm (run) start; sets COLD and WARM.
-# rpull: containerd's client pull with snapshot labels (ctr-remote), the lazy path; ctr's
-# own `images pull` always downloads every layer first.
+# rpull: containerd's client pull with snapshot labels (ctr-remote), the path on which a
+# remote snapshotter can serve layers lazily (lazysnap does not yet: it downloads them whole
+# there too, see README "Status"); ctr's own `images pull` always downloads every layer first.
 measure() {
   local snap=$1 how=${2:-pull} t0 t1 out=$DIR/out.$1
   # start from nothing: no image, no content, no snapshots in this namespace
