@@ -263,16 +263,30 @@ fn st_ino_survives_copy_up_and_remount_and_dead_mounts_recover() {
     let dev = fs::metadata(&m.mnt).unwrap().dev();
     let minor = nix::sys::stat::minor(dev);
     let abort = PathBuf::from(format!("/sys/fs/fuse/connections/{minor}/abort"));
-    if !abort.exists() {
-        // fusectl is not always mounted in test environments.
-        let _ = nix::mount::mount(
-            Some("fusectl"),
-            "/sys/fs/fuse/connections",
-            Some("fusectl"),
-            nix::mount::MsFlags::empty(),
-            None::<&str>,
-        );
+    // fusectl is not always mounted in test environments: mount it for the
+    // abort, and take it down again afterwards (also on failure).
+    struct Fusectl(bool);
+    impl Drop for Fusectl {
+        fn drop(&mut self) {
+            if self.0 {
+                let _ = nix::mount::umount2(
+                    "/sys/fs/fuse/connections",
+                    nix::mount::MntFlags::MNT_DETACH,
+                );
+            }
+        }
     }
+    let _fusectl = Fusectl(
+        !abort.exists()
+            && nix::mount::mount(
+                Some("fusectl"),
+                "/sys/fs/fuse/connections",
+                Some("fusectl"),
+                nix::mount::MsFlags::empty(),
+                None::<&str>,
+            )
+            .is_ok(),
+    );
     fs::write(&abort, b"1").unwrap();
     assert_eq!(errno_of(fs::read_dir(m.p("etc"))), libc::ENOTCONN);
     assert_eq!(mount_state(&m.mnt), MountState::Dead);
