@@ -179,28 +179,33 @@ pub struct EntryAttr {
     pub blksize: u32,
 }
 
+/// The kind of a file type, or `None` for a character device (a whiteout
+/// when its rdev is 0/0, which the file type alone does not tell).
+fn kind_of(ft: fs::FileType) -> Option<EntryKind> {
+    Some(if ft.is_dir() {
+        EntryKind::Dir
+    } else if ft.is_file() {
+        EntryKind::File
+    } else if ft.is_symlink() {
+        EntryKind::Symlink
+    } else if ft.is_fifo() {
+        EntryKind::Fifo
+    } else if ft.is_socket() {
+        EntryKind::Socket
+    } else if ft.is_char_device() {
+        return None;
+    } else {
+        EntryKind::BlockDev
+    })
+}
+
 impl EntryAttr {
     /// Converts `lstat` metadata.
     pub fn from_metadata(md: &fs::Metadata) -> Self {
-        let ft = md.file_type();
-        let kind = if ft.is_dir() {
-            EntryKind::Dir
-        } else if ft.is_file() {
-            EntryKind::File
-        } else if ft.is_symlink() {
-            EntryKind::Symlink
-        } else if ft.is_fifo() {
-            EntryKind::Fifo
-        } else if ft.is_socket() {
-            EntryKind::Socket
-        } else if ft.is_char_device() {
-            if md.rdev() == 0 {
-                EntryKind::Whiteout
-            } else {
-                EntryKind::CharDev
-            }
-        } else {
-            EntryKind::BlockDev
+        let kind = match kind_of(md.file_type()) {
+            Some(k) => k,
+            None if md.rdev() == 0 => EntryKind::Whiteout,
+            None => EntryKind::CharDev,
         };
         EntryAttr {
             kind,
@@ -271,24 +276,13 @@ pub fn read_dir(dir: &Path) -> Result<Vec<RawDirEnt>, FsError> {
     for ent in rd {
         let ent = ent.map_err(FsError::io_at("readdir", dir))?;
         let ft = ent.file_type().map_err(FsError::io_at("readdir", dir))?;
-        let kind = if ft.is_char_device() {
+        let kind = match kind_of(ft) {
+            Some(k) => k,
             // Only a char device can be a whiteout; look at its rdev.
-            match lstat(&ent.path())? {
+            None => match lstat(&ent.path())? {
                 Some(a) => a.kind,
                 None => continue,
-            }
-        } else if ft.is_dir() {
-            EntryKind::Dir
-        } else if ft.is_file() {
-            EntryKind::File
-        } else if ft.is_symlink() {
-            EntryKind::Symlink
-        } else if ft.is_fifo() {
-            EntryKind::Fifo
-        } else if ft.is_socket() {
-            EntryKind::Socket
-        } else {
-            EntryKind::BlockDev
+            },
         };
         out.push(RawDirEnt {
             name: ent.file_name(),

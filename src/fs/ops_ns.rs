@@ -11,7 +11,7 @@ use super::FsError;
 use super::backing::{self, EntryKind};
 use super::inode::ino_of;
 use super::ops::{Ctx, Entry, Loc, UnionFs, lock};
-use super::union::UPPER;
+use super::union::{Hit, UPPER};
 use super::upper;
 
 /// `rename(2)` flags we support.
@@ -154,12 +154,13 @@ impl UnionFs {
         self.lookup_locked(newparent, newname, true)
     }
 
-    /// `unlink`: removes the upper entry and/or whites out the lower one.
-    ///
-    /// # Errors
-    /// [`FsError::NotFound`], [`FsError::IsDir`], [`FsError::ReadOnly`].
-    pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<(), FsError> {
-        let _ns = self.write_ns();
+    /// The directory, path and merged-view hit of `name` in `parent`, for a
+    /// deletion (the caller holds the namespace write lock).
+    fn existing_child(
+        &self,
+        parent: u64,
+        name: &OsStr,
+    ) -> Result<(Loc, std::path::PathBuf, Hit), FsError> {
         let ploc = self.dir_loc(parent)?;
         let path = ploc.path.join(name);
         self.require_upper(&path)?;
@@ -167,6 +168,16 @@ impl UnionFs {
             .stack
             .lookup_in(&ploc.layers, &path)?
             .ok_or_else(|| FsError::NotFound { path: path.clone() })?;
+        Ok((ploc, path, hit))
+    }
+
+    /// `unlink`: removes the upper entry and/or whites out the lower one.
+    ///
+    /// # Errors
+    /// [`FsError::NotFound`], [`FsError::IsDir`], [`FsError::ReadOnly`].
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<(), FsError> {
+        let _ns = self.write_ns();
+        let (ploc, path, hit) = self.existing_child(parent, name)?;
         if hit.attr.kind == EntryKind::Dir {
             return Err(FsError::IsDir { path });
         }
@@ -179,13 +190,7 @@ impl UnionFs {
     /// [`FsError::NotFound`], [`FsError::NotDir`], [`FsError::NotEmpty`].
     pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<(), FsError> {
         let _ns = self.write_ns();
-        let ploc = self.dir_loc(parent)?;
-        let path = ploc.path.join(name);
-        self.require_upper(&path)?;
-        let hit = self
-            .stack
-            .lookup_in(&ploc.layers, &path)?
-            .ok_or_else(|| FsError::NotFound { path: path.clone() })?;
+        let (ploc, path, hit) = self.existing_child(parent, name)?;
         if hit.attr.kind != EntryKind::Dir {
             return Err(FsError::NotDir { path });
         }
