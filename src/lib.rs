@@ -32,9 +32,11 @@
 
 #![warn(missing_docs, missing_debug_implementations)]
 
+pub mod cache;
 pub mod config;
 pub mod format;
 pub mod fs;
 pub mod oci;
+pub mod registry;
 pub mod service;
 pub mod snapshot;

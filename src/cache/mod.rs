@@ -1,0 +1,1 @@
+//! Chunk cache (being written).

@@ -1,0 +1,1 @@
+//! Distribution client (being written).
