@@ -1,0 +1,338 @@
+//! Registry authentication: `WWW-Authenticate` challenges, Bearer token
+//! responses and the per-(host, scope) token cache. The HTTP exchange itself
+//! lives in `transport.rs`.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Deserialize;
+
+/// Token responses larger than this are refused.
+pub const MAX_TOKEN_BYTES: u64 = 1 << 20;
+/// Lifetime of a token whose response has no `expires_in`.
+pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+
+/// One parsed `WWW-Authenticate` challenge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Challenge {
+    /// `Bearer realm=…,service=…,scope=…`.
+    Bearer {
+        /// Token endpoint URL.
+        realm: String,
+        /// `service` parameter, if given.
+        service: Option<String>,
+        /// Scopes asked for (the `scope` param split on spaces).
+        scopes: Vec<String>,
+    },
+    /// `Basic realm=…`.
+    Basic,
+}
+
+/// Parses a `WWW-Authenticate` value (possibly several challenges) and
+/// returns the challenges lazysnap understands, Bearer first.
+pub fn parse_challenges(value: &str) -> Vec<Challenge> {
+    let mut out = Vec::new();
+    for (scheme, params) in split_challenges(value) {
+        let get = |k: &str| {
+            params
+                .iter()
+                .find(|(pk, _)| pk.eq_ignore_ascii_case(k))
+                .map(|(_, v)| v.clone())
+        };
+        if scheme.eq_ignore_ascii_case("bearer") {
+            if let Some(realm) = get("realm") {
+                out.push(Challenge::Bearer {
+                    realm,
+                    service: get("service"),
+                    scopes: get("scope")
+                        .map(|s| s.split_whitespace().map(str::to_string).collect())
+                        .unwrap_or_default(),
+                });
+            }
+        } else if scheme.eq_ignore_ascii_case("basic") {
+            out.push(Challenge::Basic);
+        }
+    }
+    out.sort_by_key(|c| matches!(c, Challenge::Basic));
+    out
+}
+
+/// Splits RFC 9110 §11.6.1 challenges: `scheme param=value, param="quoted", scheme2 …`.
+fn split_challenges(value: &str) -> Vec<(String, Vec<(String, String)>)> {
+    let mut out: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    let b = value.as_bytes();
+    let mut i = 0;
+    let skip_ws = |i: &mut usize| {
+        while *i < b.len() && (b[*i] == b' ' || b[*i] == b'\t' || b[*i] == b',') {
+            *i += 1;
+        }
+    };
+    let token = |i: &mut usize| -> String {
+        let s = *i;
+        while *i < b.len() && !matches!(b[*i], b' ' | b'\t' | b',' | b'=') {
+            *i += 1;
+        }
+        value[s..*i].to_string()
+    };
+    loop {
+        skip_ws(&mut i);
+        if i >= b.len() {
+            break;
+        }
+        let word = token(&mut i);
+        let mut j = i;
+        while j < b.len() && (b[j] == b' ' || b[j] == b'\t') {
+            j += 1;
+        }
+        if j < b.len() && b[j] == b'=' && !out.is_empty() {
+            // auth-param of the current challenge
+            i = j + 1;
+            while i < b.len() && (b[i] == b' ' || b[i] == b'\t') {
+                i += 1;
+            }
+            let val = if i < b.len() && b[i] == b'"' {
+                i += 1;
+                let mut v = String::new();
+                while i < b.len() && b[i] != b'"' {
+                    if b[i] == b'\\' && i + 1 < b.len() {
+                        i += 1;
+                    }
+                    let ch = value[i..].chars().next().unwrap_or('\u{fffd}');
+                    v.push(ch);
+                    i += ch.len_utf8();
+                }
+                i += 1; // closing quote
+                v
+            } else {
+                token(&mut i)
+            };
+            if let Some(last) = out.last_mut() {
+                last.1.push((word, val));
+            }
+        } else {
+            out.push((word, Vec::new()));
+        }
+    }
+    out
+}
+
+/// A Bearer token endpoint's JSON answer.
+#[derive(Debug, Deserialize)]
+pub struct TokenResponse {
+    token: Option<String>,
+    access_token: Option<String>,
+    expires_in: Option<u64>,
+    issued_at: Option<String>,
+}
+
+impl TokenResponse {
+    /// The token (`token`, else `access_token`) and how long it stays valid
+    /// from now, or `None` when neither field is present and non-empty.
+    pub fn token_and_lifetime(&self, now: SystemTime) -> Option<(String, Duration)> {
+        let token = self
+            .token
+            .clone()
+            .filter(|t| !t.is_empty())
+            .or_else(|| self.access_token.clone().filter(|t| !t.is_empty()))?;
+        let lifetime = self
+            .expires_in
+            .filter(|&s| s > 0)
+            .map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs);
+        // Expiry counts from issued_at when it is sane (in the past, within the lifetime).
+        let elapsed = self
+            .issued_at
+            .as_deref()
+            .and_then(parse_rfc3339)
+            .and_then(|issued| now.duration_since(issued).ok())
+            .unwrap_or_default();
+        Some((token, lifetime.saturating_sub(elapsed)))
+    }
+}
+
+/// Parses an RFC 3339 timestamp (`2024-01-02T03:04:05.123Z`, `+01:00`).
+pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let t = s.get(r)?;
+        t.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| t.parse().ok())?
+    };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if b[13] != b':' || b[16] != b':' || !(1..=12).contains(&mo) || !(1..=31).contains(&d) {
+        return None;
+    }
+    let mut i = 19;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+    }
+    let offset = match b.get(i)? {
+        b'Z' | b'z' if i + 1 == b.len() => 0,
+        c @ (b'+' | b'-') if i + 6 == b.len() && b[i + 3] == b':' => {
+            let o = num(i + 1..i + 3)? * 3600 + num(i + 4..i + 6)? * 60;
+            if *c == b'+' { o } else { -o }
+        }
+        _ => return None,
+    };
+    // days from civil (Howard Hinnant)
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + h * 3600 + mi * 60 + sec - offset;
+    u64::try_from(secs)
+        .ok()
+        .map(|s| UNIX_EPOCH + Duration::from_secs(s))
+}
+
+/// Bearer tokens per (API host, scope), valid until their expiry.
+#[derive(Debug, Default)]
+pub struct TokenCache {
+    tokens: Mutex<HashMap<(String, String), (String, Instant)>>,
+}
+
+impl TokenCache {
+    /// The unexpired token for `(host, scope)`.
+    pub fn get(&self, host: &str, scope: &str) -> Option<String> {
+        let mut map = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (host.to_string(), scope.to_string());
+        match map.get(&key) {
+            Some((t, exp)) if Instant::now() < *exp => Some(t.clone()),
+            Some(_) => {
+                map.remove(&key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Stores a token valid for `lifetime` from now.
+    pub fn put(&self, host: &str, scope: &str, token: String, lifetime: Duration) {
+        let mut map = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(
+            (host.to_string(), scope.to_string()),
+            (token, Instant::now() + lifetime),
+        );
+    }
+
+    /// Forgets the token for `(host, scope)`.
+    pub fn remove(&self, host: &str, scope: &str) {
+        let mut map = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(&(host.to_string(), scope.to_string()));
+    }
+}
+
+/// The pull scope of a repository.
+pub fn pull_scope(repository: &str) -> String {
+    format!("repository:{repository}:pull")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_challenge_with_quoted_params() {
+        let c = parse_challenges(
+            r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/busybox:pull""#,
+        );
+        assert_eq!(
+            c,
+            vec![Challenge::Bearer {
+                realm: "https://auth.docker.io/token".into(),
+                service: Some("registry.docker.io".into()),
+                scopes: vec!["repository:library/busybox:pull".into()],
+            }]
+        );
+    }
+
+    #[test]
+    fn challenge_variants() {
+        // Spaces, escapes, unquoted values, several scopes, error param.
+        let c = parse_challenges(
+            r#"bearer  realm = "http://127.0.0.1:1/t?x=\"y\"" , scope="a:b:pull b:c:pull,push", error=insufficient_scope"#,
+        );
+        assert_eq!(
+            c,
+            vec![Challenge::Bearer {
+                realm: r#"http://127.0.0.1:1/t?x="y""#.into(),
+                service: None,
+                scopes: vec!["a:b:pull".into(), "b:c:pull,push".into()],
+            }]
+        );
+        assert_eq!(
+            parse_challenges(r#"Basic realm="Registry""#),
+            vec![Challenge::Basic]
+        );
+        // Several challenges in one header: Bearer is preferred.
+        let c = parse_challenges(r#"Basic realm="x", Bearer realm="https://a/t",service=s"#);
+        assert_eq!(c.len(), 2);
+        assert!(
+            matches!(&c[0], Challenge::Bearer { realm, service: Some(s), .. } if realm == "https://a/t" && s == "s")
+        );
+        assert_eq!(c[1], Challenge::Basic);
+        // Bearer without realm and unknown schemes are dropped.
+        assert!(parse_challenges(r#"Bearer service="x""#).is_empty());
+        assert!(parse_challenges("Negotiate abc").is_empty());
+        assert!(parse_challenges("").is_empty());
+    }
+
+    #[test]
+    fn token_response_fields() {
+        let now = SystemTime::now();
+        let r: TokenResponse = serde_json::from_str(r#"{"token":"t1"}"#).unwrap();
+        assert_eq!(
+            r.token_and_lifetime(now),
+            Some(("t1".into(), Duration::from_secs(60)))
+        );
+        let r: TokenResponse =
+            serde_json::from_str(r#"{"access_token":"t2","expires_in":300}"#).unwrap();
+        assert_eq!(
+            r.token_and_lifetime(now),
+            Some(("t2".into(), Duration::from_secs(300)))
+        );
+        let r: TokenResponse = serde_json::from_str(
+            r#"{"token":"t3","expires_in":300,"issued_at":"2024-01-01T00:00:00Z"}"#,
+        )
+        .unwrap();
+        let at = parse_rfc3339("2024-01-01T00:01:40Z").unwrap();
+        assert_eq!(
+            r.token_and_lifetime(at),
+            Some(("t3".into(), Duration::from_secs(200)))
+        );
+        let r: TokenResponse = serde_json::from_str(r#"{"token":""}"#).unwrap();
+        assert_eq!(r.token_and_lifetime(now), None);
+    }
+
+    #[test]
+    fn rfc3339() {
+        let t = |s| parse_rfc3339(s).map(|t| t.duration_since(UNIX_EPOCH).unwrap().as_secs());
+        assert_eq!(t("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(t("2024-01-01T00:00:00Z"), Some(1_704_067_200));
+        assert_eq!(t("2024-03-01T12:30:15.123456789Z"), Some(1_709_296_215));
+        assert_eq!(t("2024-01-01T01:00:00+01:00"), Some(1_704_067_200));
+        assert_eq!(t("2024-01-01"), None);
+        assert_eq!(t("2024-13-01T00:00:00Z"), None);
+    }
+
+    #[test]
+    fn cache_expires() {
+        let c = TokenCache::default();
+        c.put("h", "s", "t".into(), Duration::from_secs(60));
+        assert_eq!(c.get("h", "s").as_deref(), Some("t"));
+        assert_eq!(c.get("h", "other"), None);
+        c.put("h", "s", "t".into(), Duration::ZERO);
+        assert_eq!(c.get("h", "s"), None);
+    }
+}

@@ -1,0 +1,573 @@
+//! [`RegistryClient`]: resolving manifests and reading blobs, whole or by
+//! range, over the shared [`Transport`].
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use reqwest::header::{
+    ACCEPT, ACCEPT_ENCODING, CONTENT_RANGE, CONTENT_TYPE, HeaderMap, HeaderValue, RANGE,
+};
+use reqwest::{Method, Response, StatusCode, Url};
+
+use crate::oci::Digest;
+
+use super::credentials::Credentials;
+use super::error::{RegistryError, Target};
+use super::manifest::{self, Kind, MANIFEST_ACCEPT, MAX_MANIFEST_BYTES};
+use super::range::{ByteRange, parse_content_range};
+use super::reference::{Platform, Reference};
+use super::transport::{
+    Call, Transport, check_status, content_length, network, read_limited, redact,
+};
+
+/// How a [`RegistryClient`] connects.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Registries (`host` or `host:port`) reached over plain http; loopback always is.
+    pub insecure_hosts: Vec<String>,
+    /// docker `config.json` for credentials; default `$DOCKER_CONFIG/config.json`
+    /// or `~/.docker/config.json`.
+    pub docker_config: Option<PathBuf>,
+    /// Connect timeout, and the longest wait for the next bytes of a response.
+    pub timeout: Duration,
+    /// Retries of network errors, 5xx, 429 and truncated bodies.
+    pub retries: u32,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            insecure_hosts: Vec::new(),
+            docker_config: None,
+            timeout: Duration::from_secs(30),
+            retries: 4,
+        }
+    }
+}
+
+/// A resolved image manifest.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// Digest of `bytes`.
+    pub digest: Digest,
+    /// Media type (OCI or Docker schema2 manifest).
+    pub media_type: String,
+    /// The manifest as served.
+    pub bytes: Vec<u8>,
+    /// The parsed manifest.
+    pub manifest: oci_spec::image::ImageManifest,
+    /// The index (or manifest list) it was picked from, if any.
+    pub index: Option<Digest>,
+}
+
+/// (registry, repository, digest): what per-blob memory is keyed by.
+type BlobKey = (String, String, Digest);
+
+/// A registry client; cheap to clone, clones share connections, tokens and
+/// per-blob memory.
+#[derive(Debug, Clone)]
+pub struct RegistryClient {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    transport: Transport,
+    /// Where a blob's GET was redirected to, for range reads.
+    redirects: Mutex<HashMap<BlobKey, Url>>,
+    /// Blobs whose server answered a Range with the whole body.
+    ignores_range: Mutex<HashSet<BlobKey>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl RegistryClient {
+    /// A client with its own connection pool.
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::ClientBuild`] when the TLS setup fails.
+    pub fn new(opts: ClientOptions) -> Result<Self, RegistryError> {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(opts.timeout)
+            .read_timeout(opts.timeout)
+            .user_agent(concat!("lazysnap/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(RegistryError::ClientBuild)?;
+        let transport = Transport::new(
+            http,
+            opts.insecure_hosts,
+            opts.retries,
+            Credentials::new(opts.docker_config),
+        );
+        Ok(RegistryClient {
+            inner: Arc::new(Inner {
+                transport,
+                redirects: Mutex::new(HashMap::new()),
+                ignores_range: Mutex::new(HashSet::new()),
+            }),
+        })
+    }
+
+    fn t(&self) -> &Transport {
+        &self.inner.transport
+    }
+
+    /// Resolves a tag or digest to the image manifest for `platform`,
+    /// following an index (skipping attestation and `unknown/unknown`
+    /// entries). Verifies the bytes when `r` names a digest; the result's
+    /// digest is always that of the manifest bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::NotFound`], [`RegistryError::DigestMismatch`],
+    /// [`RegistryError::NoMatchingPlatform`], media type and parse errors,
+    /// and network/auth errors after retries.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: dropping the future only abandons the requests.
+    pub async fn resolve(
+        &self,
+        r: &Reference,
+        platform: &Platform,
+    ) -> Result<Resolved, RegistryError> {
+        let reference = r.manifest_reference();
+        let target = manifest_target(r, &reference);
+        let (media_type, kind, bytes) = self.get_manifest(r, &reference, &target).await?;
+        let digest = Digest::sha256_of(&bytes);
+        if let Some(want) = &r.digest
+            && *want != digest
+        {
+            return Err(RegistryError::DigestMismatch {
+                target: Box::new(target),
+                expected: want.clone(),
+                actual: digest,
+            });
+        }
+        match kind {
+            Kind::Image => Ok(Resolved {
+                manifest: manifest::parse_image(&target, &bytes)?,
+                digest,
+                media_type,
+                bytes,
+                index: None,
+            }),
+            Kind::Index => {
+                let selected = manifest::select_platform(&target, &digest, &bytes, platform)?;
+                tracing::debug!(%r, %platform, index = %digest, manifest = %selected.digest, "picked from index");
+                let mut resolved = self.fetch_manifest(r, &selected.digest).await?;
+                resolved.index = Some(digest);
+                Ok(resolved)
+            }
+        }
+    }
+
+    /// The image manifest with this digest, verified.
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::resolve`]; [`RegistryError::UnsupportedMediaType`] when the
+    /// digest names an index.
+    pub async fn fetch_manifest(
+        &self,
+        r: &Reference,
+        digest: &Digest,
+    ) -> Result<Resolved, RegistryError> {
+        let target = manifest_target(r, digest.as_str());
+        let (media_type, kind, bytes) = self.get_manifest(r, digest.as_str(), &target).await?;
+        let actual = Digest::sha256_of(&bytes);
+        if actual != *digest {
+            return Err(RegistryError::DigestMismatch {
+                target: Box::new(target),
+                expected: digest.clone(),
+                actual,
+            });
+        }
+        if kind != Kind::Image {
+            return Err(RegistryError::UnsupportedMediaType {
+                target: Box::new(target),
+                media_type,
+            });
+        }
+        Ok(Resolved {
+            manifest: manifest::parse_image(&target, &bytes)?,
+            digest: actual,
+            media_type,
+            bytes,
+            index: None,
+        })
+    }
+
+    async fn get_manifest(
+        &self,
+        r: &Reference,
+        reference: &str,
+        target: &Target,
+    ) -> Result<(String, Kind, Vec<u8>), RegistryError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(ACCEPT, HeaderValue::from_static(MANIFEST_ACCEPT));
+        let call = Call {
+            target,
+            reference: r,
+            method: Method::GET,
+            url: self.t().url(r, &format!("manifests/{reference}")),
+            headers,
+        };
+        self.t()
+            .retrying(target, || async {
+                let (resp, url) = self.t().send(&call).await?;
+                let resp = check_status(target, &url, resp).await?;
+                let content_type = header_str(&resp, CONTENT_TYPE);
+                let served = header_str(&resp, "docker-content-digest");
+                let bytes = read_limited(target, &url, resp, MAX_MANIFEST_BYTES, |size| {
+                    RegistryError::ManifestTooLarge {
+                        target: Box::new(target.clone()),
+                        size,
+                        limit: MAX_MANIFEST_BYTES,
+                    }
+                })
+                .await?;
+                let (media_type, kind) = manifest::classify(target, content_type.as_deref(), &bytes)?;
+                if let Some(s) = served
+                    && s != Digest::sha256_of(&bytes).as_str()
+                {
+                    tracing::warn!(%target, header = %s, "Docker-Content-Digest differs from the body's digest");
+                }
+                Ok((media_type, kind, bytes))
+            })
+            .await
+    }
+
+    /// The blob's size: `HEAD`, or `GET Range: bytes=0-0` and its
+    /// `Content-Range` when HEAD fails or gives no length.
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::NotFound`], [`RegistryError::NoSize`], network/auth errors.
+    pub async fn blob_size(&self, r: &Reference, digest: &Digest) -> Result<u64, RegistryError> {
+        let target = blob_target(r, digest);
+        let url = self.t().url(r, &format!("blobs/{digest}"));
+        self.t()
+            .retrying(&target, || async {
+                let head = Call {
+                    target: &target,
+                    reference: r,
+                    method: Method::HEAD,
+                    url: url.clone(),
+                    headers: HeaderMap::new(),
+                };
+                let (resp, final_url) = self.t().send(&head).await?;
+                let status = resp.status();
+                if status.is_success()
+                    && let Some(n) = content_length(resp.headers())
+                {
+                    return Ok(n);
+                }
+                if matches!(status.as_u16(), 404 | 429) || status.is_server_error() {
+                    check_status(&target, &final_url, resp).await?;
+                }
+                tracing::debug!(%target, status = status.as_u16(), "HEAD gave no size; trying GET bytes=0-0");
+                let mut headers = identity_headers();
+                headers.insert(RANGE, HeaderValue::from_static("bytes=0-0"));
+                let get = Call { method: Method::GET, headers, ..head };
+                let (resp, final_url) = self.t().send(&get).await?;
+                let resp = check_status(&target, &final_url, resp).await?;
+                let no_size = |reason: String| RegistryError::NoSize { target: Box::new(target.clone()), reason };
+                match resp.status() {
+                    StatusCode::PARTIAL_CONTENT => {
+                        let v = header_str(&resp, CONTENT_RANGE).ok_or_else(|| no_size("206 without Content-Range".into()))?;
+                        parse_content_range(&v)
+                            .map_err(|e| no_size(format!("Content-Range {v:?}: {e}")))?
+                            .total
+                            .ok_or_else(|| no_size(format!("Content-Range {v:?} has no total")))
+                    }
+                    _ => content_length(resp.headers()).ok_or_else(|| no_size("200 without Content-Length".into())),
+                }
+            })
+            .await
+    }
+
+    /// The whole blob, verified against `digest`.
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::DigestMismatch`], [`RegistryError::NotFound`],
+    /// network/auth errors after retries.
+    pub async fn fetch_blob(&self, r: &Reference, digest: &Digest) -> Result<Bytes, RegistryError> {
+        let target = blob_target(r, digest);
+        let call = Call {
+            target: &target,
+            reference: r,
+            method: Method::GET,
+            url: self.t().url(r, &format!("blobs/{digest}")),
+            headers: identity_headers(),
+        };
+        let bytes = self
+            .t()
+            .retrying(&target, || async {
+                let (resp, url) = self.t().send(&call).await?;
+                let resp = check_status(&target, &url, resp).await?;
+                read_limited(&target, &url, resp, u64::MAX, |_| unreachable_limit()).await
+            })
+            .await?;
+        let actual = Digest::sha256_of(&bytes);
+        if actual != *digest {
+            return Err(RegistryError::DigestMismatch {
+                target: Box::new(target),
+                expected: digest.clone(),
+                actual,
+            });
+        }
+        Ok(Bytes::from(bytes))
+    }
+
+    /// Whether the registry answered a range read of this blob with the
+    /// whole body (so callers may prefer [`Self::fetch_blob`]).
+    pub fn ignores_ranges(&self, r: &Reference, digest: &Digest) -> bool {
+        lock(&self.inner.ignores_range).contains(&blob_key(r, digest))
+    }
+
+    /// Exactly the bytes `[start, end)` of the blob (empty when `start == end`),
+    /// by one `Range` GET. A 206 must carry the matching `Content-Range`; a
+    /// 200 with the whole body is read up to `end` and then dropped (and the
+    /// blob remembered as ignoring ranges). Redirect targets are cached per
+    /// blob and re-resolved once when they answer 403.
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::InvalidRange`] for `start > end`,
+    /// [`RegistryError::RangeMismatch`] for a wrong Content-Range or length,
+    /// [`RegistryError::RangeNotSatisfiable`], network/auth errors after retries.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe.
+    pub async fn read_range(
+        &self,
+        r: &Reference,
+        digest: &Digest,
+        start: u64,
+        end: u64,
+    ) -> Result<Bytes, RegistryError> {
+        if start == end {
+            return Ok(Bytes::new());
+        }
+        let range = ByteRange::new(start, end).ok_or_else(|| RegistryError::InvalidRange {
+            digest: digest.clone(),
+            start,
+            end,
+        })?;
+        let target = Target::Range {
+            registry: r.registry.clone(),
+            repository: r.repository.clone(),
+            digest: digest.clone(),
+            range,
+        };
+        self.t()
+            .retrying(&target, || self.range_once(r, digest, range, &target))
+            .await
+    }
+
+    async fn range_once(
+        &self,
+        r: &Reference,
+        digest: &Digest,
+        range: ByteRange,
+        target: &Target,
+    ) -> Result<Bytes, RegistryError> {
+        let mut headers = identity_headers();
+        let value = HeaderValue::from_str(&range.to_http_header())
+            .expect("digits and '-' are a valid header value");
+        headers.insert(RANGE, value);
+        let key = blob_key(r, digest);
+        let registry_url = self.t().url(r, &format!("blobs/{digest}"));
+        let cached = lock(&self.inner.redirects).get(&key).cloned();
+        if let Some(url) = cached {
+            let call = Call {
+                target,
+                reference: r,
+                method: Method::GET,
+                url,
+                headers: headers.clone(),
+            };
+            let (resp, final_url) = self.t().send(&call).await?;
+            if !matches!(resp.status().as_u16(), 401 | 403) {
+                return self.take_range(&key, target, range, &final_url, resp).await;
+            }
+            tracing::info!(%target, url = %redact(&final_url), status = resp.status().as_u16(), "cached redirect refused; re-resolving via the registry");
+            lock(&self.inner.redirects).remove(&key);
+        }
+        let call = Call {
+            target,
+            reference: r,
+            method: Method::GET,
+            url: registry_url.clone(),
+            headers,
+        };
+        let (resp, final_url) = self.t().send(&call).await?;
+        if final_url != registry_url && resp.status().is_success() {
+            lock(&self.inner.redirects).insert(key.clone(), final_url.clone());
+        }
+        self.take_range(&key, target, range, &final_url, resp).await
+    }
+
+    /// Checks a range response and reads exactly the range from it.
+    async fn take_range(
+        &self,
+        key: &BlobKey,
+        target: &Target,
+        range: ByteRange,
+        url: &Url,
+        resp: Response,
+    ) -> Result<Bytes, RegistryError> {
+        let resp = check_status(target, url, resp).await?;
+        let mismatch = |reason: String| RegistryError::RangeMismatch {
+            target: Box::new(target.clone()),
+            reason,
+        };
+        let status = resp.status();
+        let content_range = header_str(&resp, CONTENT_RANGE);
+        match (status, content_range) {
+            (StatusCode::PARTIAL_CONTENT | StatusCode::OK, Some(v)) => {
+                let cr = parse_content_range(&v).map_err(|e| {
+                    mismatch(format!(
+                        "HTTP {} with bad Content-Range {v:?}: {e}",
+                        status.as_u16()
+                    ))
+                })?;
+                if cr.range != range {
+                    return Err(mismatch(format!(
+                        "asked {}, got Content-Range {v:?} (start {} end {}, want start {} end {})",
+                        range.to_http_header(),
+                        cr.range.start(),
+                        cr.range.end(),
+                        range.start(),
+                        range.end()
+                    )));
+                }
+                read_span(target, url, resp, 0, range.len(), true, true).await
+            }
+            (StatusCode::PARTIAL_CONTENT, None) => {
+                Err(mismatch("206 without Content-Range".into()))
+            }
+            (StatusCode::OK, None) => {
+                let total = content_length(resp.headers());
+                if lock(&self.inner.ignores_range).insert(key.clone()) {
+                    tracing::warn!(%target, url = %redact(url), "registry ignores Range: answered 200 with the whole body (no Content-Range); reading up to the range end and dropping the rest");
+                }
+                if let Some(t) = total
+                    && t < range.end()
+                {
+                    return Err(mismatch(format!(
+                        "200 with the whole blob of {t} bytes, range ends past it"
+                    )));
+                }
+                read_span(
+                    target,
+                    url,
+                    resp,
+                    range.start(),
+                    range.len(),
+                    false,
+                    total.is_some(),
+                )
+                .await
+            }
+            (s, _) => Err(mismatch(format!("HTTP {} to a range request", s.as_u16()))),
+        }
+    }
+}
+
+/// Reads `len` bytes after skipping `skip`, then drops the response (and
+/// its connection). A body ending early is [`RegistryError::Truncated`]
+/// when the length was promised, else a mismatch; a 206 body longer than
+/// the range is a mismatch when `exact` (a 206), else the rest is dropped.
+async fn read_span(
+    target: &Target,
+    url: &Url,
+    mut resp: Response,
+    skip: u64,
+    len: u64,
+    exact: bool,
+    promised: bool,
+) -> Result<Bytes, RegistryError> {
+    let mut out = BytesMut::with_capacity(len as usize);
+    let mut to_skip = skip;
+    while let Some(mut chunk) = resp.chunk().await.map_err(|e| network(target, url, e))? {
+        if to_skip > 0 {
+            let n = to_skip.min(chunk.len() as u64);
+            to_skip -= n;
+            chunk = chunk.slice(n as usize..);
+        }
+        let want = (len - out.len() as u64) as usize;
+        if chunk.len() > want && exact {
+            return Err(RegistryError::RangeMismatch {
+                target: Box::new(target.clone()),
+                reason: format!("body longer than the {len} bytes asked for"),
+            });
+        }
+        out.extend_from_slice(&chunk[..chunk.len().min(want)]);
+        if out.len() as u64 == len && !exact {
+            return Ok(out.freeze());
+        }
+    }
+    if (out.len() as u64) < len {
+        let got = out.len() as u64 + skip - to_skip;
+        if promised {
+            return Err(RegistryError::Truncated {
+                target: Box::new(target.clone()),
+                got,
+                expected: skip + len,
+            });
+        }
+        return Err(RegistryError::RangeMismatch {
+            target: Box::new(target.clone()),
+            reason: format!(
+                "body ended after {got} bytes, before the range end {}",
+                skip + len
+            ),
+        });
+    }
+    Ok(out.freeze())
+}
+
+fn unreachable_limit() -> RegistryError {
+    unreachable!("a u64::MAX limit is never exceeded")
+}
+
+fn identity_headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+    h
+}
+
+fn header_str(resp: &Response, name: impl reqwest::header::AsHeaderName) -> Option<String> {
+    resp.headers().get(name)?.to_str().ok().map(str::to_string)
+}
+
+fn blob_key(r: &Reference, digest: &Digest) -> BlobKey {
+    (r.registry.clone(), r.repository.clone(), digest.clone())
+}
+
+fn manifest_target(r: &Reference, reference: &str) -> Target {
+    Target::Manifest {
+        registry: r.registry.clone(),
+        repository: r.repository.clone(),
+        reference: reference.to_string(),
+    }
+}
+
+fn blob_target(r: &Reference, digest: &Digest) -> Target {
+    Target::Blob {
+        registry: r.registry.clone(),
+        repository: r.repository.clone(),
+        digest: digest.clone(),
+    }
+}
