@@ -225,7 +225,7 @@ impl EntryAttr {
     }
 }
 
-fn to_time(secs: i64, nsecs: i64) -> SystemTime {
+pub(crate) fn to_time(secs: i64, nsecs: i64) -> SystemTime {
     let nsecs = u32::try_from(nsecs).unwrap_or(0);
     if secs >= 0 {
         UNIX_EPOCH + Duration::new(secs.unsigned_abs(), nsecs)

@@ -43,22 +43,26 @@ impl UnionFs {
         }
         let parent = path.parent().unwrap_or(Path::new(""));
         self.ensure_upper_dir(parent)?;
-        self.copy_into_upper(hit.top(), path, &hit.attr, true, None)?;
+        let meta = self.stack.meta_layer(&hit.layers, path);
+        self.copy_into_upper(hit.top(), meta, path, &hit.attr, true, None)?;
         lock(&self.inodes).invalidate(path);
         Ok(upper)
     }
 
     /// Copies the lower entry `rel` of `layer` into the upper through a temp
-    /// file in `work`, restores the parent's times and records the origin.
+    /// file in `work` (its data and xattrs from layer `src`: `layer`, or for
+    /// a directory implicit there the layer with its metadata), restores
+    /// the parent's times and records the origin.
     fn copy_into_upper(
         &self,
         layer: LayerId,
+        src: LayerId,
         rel: &Path,
         attr: &backing::EntryAttr,
         with_data: bool,
         prepared: Option<Prepared>,
     ) -> Result<(), FsError> {
-        let lower = self.stack.lower(layer).ok_or_else(|| FsError::Invalid {
+        let lower = self.stack.lower(src).ok_or_else(|| FsError::Invalid {
             path: rel.to_path_buf(),
             what: "copy-up from the upper",
         })?;
@@ -118,7 +122,7 @@ impl UnionFs {
             Vec::new()
         };
         self.ensure_upper_dir(path.parent().unwrap_or(Path::new("")))?;
-        self.copy_into_upper(layer, path, &hit.attr, with_data, prepared)?;
+        self.copy_into_upper(layer, layer, path, &hit.attr, with_data, prepared)?;
         let first = self.upper_path(path)?;
         for other in group.iter().filter(|p| p.as_path() != path) {
             self.ensure_upper_dir(other.parent().unwrap_or(Path::new("")))?;

@@ -27,7 +27,7 @@ impl FsError {
             FsError::Forbidden { .. } => Errno::EPERM,
             FsError::Invalid { .. } => Errno::EINVAL,
             FsError::Unsupported { .. } => Errno::EOPNOTSUPP,
-            FsError::TaskFailed { .. } => Errno::EIO,
+            FsError::TaskFailed { .. } | FsError::Remote { .. } => Errno::EIO,
         }
     }
 }

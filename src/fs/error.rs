@@ -116,6 +116,13 @@ pub enum FsError {
         /// The operation.
         what: &'static str,
     },
+    /// The bytes of a remote layer could not be had (fetch, verification or
+    /// cache failure, as a [`super::ChunkReader`] reports it).
+    #[error("remote layer: {what}")]
+    Remote {
+        /// What failed.
+        what: String,
+    },
     /// A task handed to the async runtime panicked or was cancelled.
     #[error("{what}: background task failed")]
     TaskFailed {
@@ -132,6 +139,11 @@ impl FsError {
             path: path.into(),
             source,
         }
+    }
+
+    /// An [`FsError::Remote`] (for [`super::ChunkReader`] implementations).
+    pub fn remote(what: impl Into<String>) -> Self {
+        Self::Remote { what: what.into() }
     }
 
     /// A closure for `map_err` building an [`FsError::Io`].

@@ -8,7 +8,9 @@
 //! - [`unmount`] detaches a mount point (lazily when busy).
 //! - [`mount_state`] tells whether a mount point is served, dead or absent.
 //!
-//! Layout: `lower` (read-only layers, shared per path), `backing` (syscalls on
+//! Layout: `lower` (read-only layers, shared per path: local dirs, or
+//! remote layers indexed from their TOC in `remote` and read through a
+//! [`ChunkReader`] in `remote_file`), `backing` (syscalls on
 //! a local overlayfs-format dir), `union` (merge rules), `inode` (node ids,
 //! `st_ino` scheme, persistent origin map), `upper` (copying entries into the
 //! upper), `copyup` (copy-up policies), `ops*` ([`UnionFs`], one method per
@@ -49,15 +51,22 @@ mod ops;
 mod ops_attr;
 mod ops_io;
 mod ops_ns;
+mod remote;
+mod remote_file;
 mod union;
 mod upper;
 
 #[cfg(test)]
 mod mount_tests;
+#[cfg(test)]
+mod remote_fake;
+#[cfg(test)]
+mod remote_tests;
 
 pub use backing::{EntryAttr, EntryKind, OPAQUE_XATTR};
 pub use error::FsError;
-pub use lower::{Lower, LowerKind};
+pub use lower::{Lower, LowerFile, LowerKind};
 pub use mount::{MountHandle, MountSpec, MountState, mount, mount_state, unmount};
 pub use ops::{Ctx, DirSnapEnt, Entry, FsStats, NodeAttr, UnionFs};
 pub use ops_attr::{SetAttr, TimeSet};
+pub use remote_file::{ChunkReader, READAHEAD_CHUNKS, RemoteFile};

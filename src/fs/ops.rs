@@ -17,7 +17,6 @@
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
-use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -28,7 +27,7 @@ use super::FsError;
 use super::MountSpec;
 use super::backing::{self, BPath, EntryAttr, EntryKind};
 use super::inode::{InodeTable, Origins, ROOT, ino_of};
-use super::lower::Lower;
+use super::lower::{Lower, LowerFile};
 use super::union::{LayerId, Stack, UPPER};
 
 /// Attributes of a node as the kernel sees them.
@@ -80,7 +79,7 @@ pub(crate) struct Handle {
     pub(crate) ino: u64,
     /// The merged-view path it was opened by (for error messages).
     pub(crate) path: PathBuf,
-    pub(crate) file: RwLock<Arc<File>>,
+    pub(crate) file: RwLock<Arc<LowerFile>>,
     pub(crate) writable: bool,
 }
 
@@ -146,7 +145,7 @@ impl UnionFs {
         let mut lowers = spec
             .lowers
             .iter()
-            .map(|l| Lower::local(l))
+            .map(|l| Lower::open_at(l))
             .collect::<Result<Vec<_>, _>>()?;
         let origins = match &spec.upper {
             Some(upper) => {
@@ -162,7 +161,7 @@ impl UnionFs {
             // A View of nothing: serve an empty read-only directory.
             let empty = spec.work.join("empty");
             std::fs::create_dir_all(&empty).map_err(FsError::io_at("open work", &empty))?;
-            lowers.push(Lower::local(&empty)?);
+            lowers.push(Lower::open_at(&empty)?);
         }
         let stack = Stack {
             upper: spec.upper.clone(),
@@ -247,12 +246,25 @@ impl UnionFs {
 
     /// The backing attributes of `loc`'s topmost entry.
     pub(crate) fn backing_attr(&self, loc: &Loc) -> Result<EntryAttr, FsError> {
-        self.stack
-            .stat(loc.top(), &loc.path)?
-            .filter(|a| a.kind != EntryKind::Whiteout)
+        let attr = if loc.is_dir {
+            self.stack.dir_attr(&loc.layers, &loc.path)?
+        } else {
+            self.stack.stat(loc.top(), &loc.path)?
+        };
+        attr.filter(|a| a.kind != EntryKind::Whiteout)
             .ok_or_else(|| FsError::NotFound {
                 path: loc.path.clone(),
             })
+    }
+
+    /// The layer holding the metadata (xattrs) of the node at `loc`: its
+    /// topmost, except for a directory implicit there (see `union.rs`).
+    pub(crate) fn meta_layer(&self, loc: &Loc) -> LayerId {
+        if loc.is_dir {
+            self.stack.meta_layer(&loc.layers, &loc.path)
+        } else {
+            loc.top()
+        }
     }
 
     /// The attributes of node `ino` at `loc`.
@@ -366,7 +378,17 @@ impl UnionFs {
         };
         drop(handles);
         let file = h.file.read().ok()?.clone();
-        let md = file.metadata().ok()?;
+        let f = match &*file {
+            LowerFile::Local(f) => f,
+            LowerFile::Remote(r) => {
+                return Some(NodeAttr {
+                    ino,
+                    attr: *r.attr(),
+                    nlink: u32::try_from(r.attr().nlink).unwrap_or(u32::MAX),
+                });
+            }
+        };
+        let md = f.metadata().ok()?;
         let attr = EntryAttr::from_metadata(&md);
         Some(NodeAttr {
             ino,
@@ -443,7 +465,7 @@ impl UnionFs {
         if backing::is_overlay_xattr(name.as_bytes()) {
             return Err(missing());
         }
-        let v = match self.stack.lower(loc.top()) {
+        let v = match self.stack.lower(self.meta_layer(&loc)) {
             Some(l) => l.get_xattr(&loc.path, name)?,
             None => backing::get_xattr(&self.upper_path(&loc.path)?, name)?,
         };
@@ -457,7 +479,7 @@ impl UnionFs {
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>, FsError> {
         let _ns = self.read_ns();
         let loc = self.loc(ino)?;
-        let names = match self.stack.lower(loc.top()) {
+        let names = match self.stack.lower(self.meta_layer(&loc)) {
             Some(l) => l.list_xattrs(&loc.path)?,
             None => backing::list_xattrs(&self.upper_path(&loc.path)?)?,
         };

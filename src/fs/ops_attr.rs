@@ -92,7 +92,9 @@ impl UnionFs {
             match s.fh.map(|fh| self.handle(fh)).transpose()? {
                 Some(h) if h.writable => {
                     let f = self.handle_file(s.fh.unwrap_or_default())?;
-                    f.set_len(size).map_err(FsError::io_at("ftruncate", &p))?;
+                    f.local(&p)?
+                        .set_len(size)
+                        .map_err(FsError::io_at("ftruncate", &p))?;
                 }
                 _ => nix::unistd::truncate(&*p, i64::try_from(size).unwrap_or(i64::MAX))
                     .map_err(FsError::nix_at("truncate", &p))?,
@@ -106,6 +108,7 @@ impl UnionFs {
 
     fn setattr_by_handle(&self, ino: u64, fh: u64, s: SetAttr) -> Result<NodeAttr, FsError> {
         let (f, what) = self.handle_file_path(fh)?;
+        let f = f.local(&what)?;
         if s.uid.is_some() || s.gid.is_some() {
             nix::unistd::fchown(
                 f.as_raw_fd(),

@@ -21,9 +21,23 @@ use nix::sys::stat::Mode;
 use super::FsError;
 use super::backing::EntryKind;
 use super::inode::{ROOT, ino_of};
+use super::lower::LowerFile;
 use super::ops::{Ctx, DirSnapEnt, Entry, Handle, UnionFs, lock};
 use super::union::UPPER;
 use super::upper;
+
+/// `lseek` SEEK_DATA / SEEK_HOLE in a remote file: all data, no holes.
+fn remote_seek(size: u64, offset: i64, whence: i32, path: &Path) -> Result<i64, FsError> {
+    let size = i64::try_from(size).unwrap_or(i64::MAX);
+    let err = |e| FsError::io("lseek", path, std::io::Error::from_raw_os_error(e));
+    match whence {
+        _ if offset < 0 => Err(err(libc::EINVAL)),
+        _ if offset >= size => Err(err(libc::ENXIO)),
+        libc::SEEK_DATA => Ok(offset),
+        libc::SEEK_HOLE => Ok(size),
+        _ => Err(err(libc::EINVAL)),
+    }
+}
 
 /// Flags never passed to the backing open.
 const STRIPPED: i32 =
@@ -45,7 +59,7 @@ fn open_backing(path: &Path, flags: i32) -> Result<File, FsError> {
 }
 
 impl UnionFs {
-    fn add_handle(&self, ino: u64, path: &Path, file: File, writable: bool) -> u64 {
+    fn add_handle(&self, ino: u64, path: &Path, file: LowerFile, writable: bool) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         lock(&self.handles).insert(
             fh,
@@ -74,12 +88,12 @@ impl UnionFs {
             .ok_or(FsError::BadHandle { fh })
     }
 
-    pub(crate) fn handle_file(&self, fh: u64) -> Result<Arc<File>, FsError> {
+    pub(crate) fn handle_file(&self, fh: u64) -> Result<Arc<LowerFile>, FsError> {
         Ok(self.handle_file_path(fh)?.0)
     }
 
     /// The backing file of `fh` and the merged path it was opened by.
-    pub(crate) fn handle_file_path(&self, fh: u64) -> Result<(Arc<File>, PathBuf), FsError> {
+    pub(crate) fn handle_file_path(&self, fh: u64) -> Result<(Arc<LowerFile>, PathBuf), FsError> {
         let h = self.handle(fh)?;
         let f = h
             .file
@@ -101,7 +115,8 @@ impl UnionFs {
             if let Ok(f) = open_backing(upper_path, libc::O_RDONLY) {
                 *h.file
                     .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(f);
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    Arc::new(LowerFile::Local(f));
             }
         }
     }
@@ -131,7 +146,7 @@ impl UnionFs {
         }
         let file = match self.stack.lower(loc.top()) {
             Some(l) => l.open(&loc.path)?,
-            None => open_backing(&self.upper_path(&loc.path)?, flags)?,
+            None => LowerFile::Local(open_backing(&self.upper_path(&loc.path)?, flags)?),
         };
         Ok(self.add_handle(ino, &loc.path, file, write))
     }
@@ -166,7 +181,7 @@ impl UnionFs {
         upper::chown(&dst, Some(uid), Some(gid))?;
         upper::chmod(&dst, mode & 0o7777)?;
         let entry = self.lookup_locked(parent, name, true)?;
-        let fh = self.add_handle(entry.attr.ino, &path, file, true);
+        let fh = self.add_handle(entry.attr.ino, &path, LowerFile::Local(file), true);
         Ok((entry, fh))
     }
 
@@ -177,15 +192,7 @@ impl UnionFs {
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
         let (file, path) = self.handle_file_path(fh)?;
         let mut buf = vec![0u8; size as usize];
-        let mut done = 0;
-        while done < buf.len() {
-            match file.read_at(&mut buf[done..], offset + done as u64) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(FsError::io("read", path, e)),
-            }
-        }
+        let done = file.read_at(&mut buf, offset, &path)?;
         buf.truncate(done);
         Ok(buf)
     }
@@ -196,7 +203,8 @@ impl UnionFs {
     /// [`FsError::BadHandle`], [`FsError::Io`] (ENOSPC, EFBIG …).
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
         let (file, path) = self.handle_file_path(fh)?;
-        file.write_all_at(data, offset)
+        file.local(&path)?
+            .write_all_at(data, offset)
             .map_err(|e| FsError::io("write", path, e))?;
         Ok(u32::try_from(data.len()).unwrap_or(u32::MAX))
     }
@@ -212,6 +220,9 @@ impl UnionFs {
     /// [`FsError::BadHandle`], [`FsError::Io`].
     pub fn fsync(&self, fh: u64, datasync: bool) -> Result<(), FsError> {
         let (file, path) = self.handle_file_path(fh)?;
+        let LowerFile::Local(file) = &*file else {
+            return Ok(()); // nothing to sync in a remote lower file
+        };
         let r = if datasync {
             file.sync_data()
         } else {
@@ -226,6 +237,7 @@ impl UnionFs {
     /// [`FsError::BadHandle`], [`FsError::Io`].
     pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> Result<(), FsError> {
         let (file, path) = self.handle_file_path(fh)?;
+        let file = file.local(&path)?;
         let off = i64::try_from(offset).unwrap_or(i64::MAX);
         let len = i64::try_from(length).unwrap_or(i64::MAX);
         // SAFETY: plain syscall on a descriptor we own.
@@ -246,6 +258,10 @@ impl UnionFs {
     /// [`FsError::Io`] (ENXIO past the last data).
     pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64, FsError> {
         let (file, path) = self.handle_file_path(fh)?;
+        let file = match &*file {
+            LowerFile::Local(f) => f,
+            LowerFile::Remote(r) => return remote_seek(r.size(), offset, whence, &path),
+        };
         // SAFETY: plain syscall on a descriptor we own; its offset is unused
         // by our reads and writes (pread/pwrite).
         let r = unsafe { libc::lseek(file.as_raw_fd(), offset, whence) };

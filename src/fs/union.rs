@@ -9,6 +9,11 @@
 //!   directory ends that directory's merge;
 //! - whiteouts and `trusted.overlay.*` never show in the merged view.
 //!
+//! - a directory a layer holds only implicitly (a remote layer without an
+//!   entry for a parent of its files, field case B27) takes its metadata
+//!   (mode, owner, times, xattrs) from the first layer of its merge that has
+//!   a real entry; its `st_ino` stays that of the topmost layer.
+//!
 //! Note the walk is per directory: a name whited out in layer k stays deleted
 //! even when a layer above k has a plain (non-opaque) directory of that name
 //! (field case B01), because the merge of that directory stops at layer k.
@@ -109,6 +114,57 @@ impl Stack {
         }
     }
 
+    /// Whether `rel` is an implicit directory in layer `id` (see the module docs).
+    pub fn is_implicit(&self, id: LayerId, rel: &Path) -> bool {
+        self.lower(id).is_some_and(|l| l.is_implicit(rel))
+    }
+
+    /// The layer whose entry gives the metadata of the merged directory
+    /// `rel` with merge layers `layers`: the first not implicit there.
+    pub fn meta_layer(&self, layers: &[LayerId], rel: &Path) -> LayerId {
+        layers
+            .iter()
+            .copied()
+            .find(|&id| !self.is_implicit(id, rel))
+            .unwrap_or(layers.first().copied().unwrap_or(UPPER))
+    }
+
+    /// `attr` (of the topmost directory `rel` of a merge over `layers`)
+    /// with the metadata of [`Stack::meta_layer`].
+    fn with_dir_meta(
+        &self,
+        mut attr: EntryAttr,
+        layers: &[LayerId],
+        rel: &Path,
+    ) -> Result<EntryAttr, FsError> {
+        let m = self.meta_layer(layers, rel);
+        if layers.first() != Some(&m)
+            && let Some(a) = self.stat(m, rel)?
+        {
+            attr.perm = a.perm;
+            attr.uid = a.uid;
+            attr.gid = a.gid;
+            attr.atime = a.atime;
+            attr.mtime = a.mtime;
+            attr.ctime = a.ctime;
+        }
+        Ok(attr)
+    }
+
+    /// The attributes of the merged directory `rel` with merge layers `layers`.
+    ///
+    /// # Errors
+    /// [`FsError::Io`] when a layer cannot be read.
+    pub fn dir_attr(&self, layers: &[LayerId], rel: &Path) -> Result<Option<EntryAttr>, FsError> {
+        let Some(&top) = layers.first() else {
+            return Ok(None);
+        };
+        match self.stat(top, rel)? {
+            Some(a) if a.kind == EntryKind::Dir => self.with_dir_meta(a, layers, rel).map(Some),
+            other => Ok(other),
+        }
+    }
+
     /// Whether directory `rel` is opaque in layer `id`.
     ///
     /// # Errors
@@ -187,7 +243,13 @@ impl Stack {
                 }
             }
         }
-        Ok(top.map(|attr| Hit { layers, attr }))
+        match top {
+            Some(a) if a.kind == EntryKind::Dir => Ok(Some(Hit {
+                attr: self.with_dir_meta(a, &layers, child)?,
+                layers,
+            })),
+            top => Ok(top.map(|attr| Hit { layers, attr })),
+        }
     }
 
     /// Resolves a merged-view path from the root.
@@ -197,12 +259,9 @@ impl Stack {
     pub fn resolve(&self, path: &Path) -> Result<Hit, FsError> {
         let mut layers = self.root_layers()?;
         let mut cur = PathBuf::new();
-        let root_top = *layers.first().ok_or_else(|| FsError::NotFound {
-            path: PathBuf::new(),
-        })?;
         let mut hit = Hit {
             attr: self
-                .stat(root_top, &cur)?
+                .dir_attr(&layers, &cur)?
                 .ok_or_else(|| FsError::NotFound {
                     path: PathBuf::new(),
                 })?,
@@ -299,7 +358,7 @@ mod tests {
     fn stack(dirs: &[PathBuf]) -> Stack {
         Stack {
             upper: None,
-            lowers: dirs.iter().map(|d| Lower::local(d).unwrap()).collect(),
+            lowers: dirs.iter().map(|d| Lower::open_at(d).unwrap()).collect(),
         }
     }
 

@@ -23,7 +23,7 @@ use nix::unistd::{Gid, Uid, Whence};
 
 use super::FsError;
 use super::backing::{self, EntryAttr, EntryKind};
-use super::lower::Lower;
+use super::lower::{Lower, LowerFile};
 
 /// A fresh temp path in `work` for a copy-up or a new entry.
 pub fn temp_path(work: &Path, counter: &AtomicU64) -> PathBuf {
@@ -269,8 +269,10 @@ fn copy_entry_inner(
                 .open(tmp)
                 .map_err(FsError::io_at("copy-up create", tmp))?;
             if with_data && attr.size > 0 {
-                let src = lower.open(rel)?;
-                copy_data(&src, &dst, attr.size, tmp)?;
+                match lower.open(rel)? {
+                    LowerFile::Local(src) => copy_data(&src, &dst, attr.size, tmp)?,
+                    LowerFile::Remote(src) => src.copy_to(&dst, tmp)?,
+                }
             }
         }
         EntryKind::Symlink => {
@@ -343,7 +345,7 @@ mod tests {
         chmod(&l.join("sparse"), 0o4444).unwrap();
         backing::set_xattr(&l.join("sparse"), "user.tag".as_ref(), b"\x00\x01", 0).unwrap();
         backing::set_xattr(&l.join("sparse"), "trusted.overlay.x".as_ref(), b"y", 0).unwrap();
-        let lower = Lower::local(&l).unwrap();
+        let lower = Lower::open_at(&l).unwrap();
         let attr = lower.stat(Path::new("sparse")).unwrap().unwrap();
         let tmp = t.path().join("tmp");
         copy_entry(&lower, Path::new("sparse"), &attr, &tmp, true).unwrap();

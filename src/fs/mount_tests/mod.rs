@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 mod cases_files;
 mod cases_ns;
+mod cases_remote;
 mod serve;
 
 use super::backing::{self, EntryKind};
