@@ -9,6 +9,11 @@
 //! root = "/var/lib/lazysnap"            # metadata, snapshot dirs, mount points
 //! address = "/run/lazysnap/lazysnap.sock" # gRPC socket (Snapshots + Control)
 //! log_level = "info"                     # tracing filter: error|warn|info|debug|trace
+//! lazy = true                            # serve eStargz layers lazily (remote snapshots)
+//! cache_budget = 10737418240             # chunk cache on disk, bytes (under root/cache)
+//! cache_memory = 67108864                # hot chunks in memory, bytes
+//! insecure_registries = []               # hosts reached over plain http (loopback always is)
+//! platform = ""                          # os/arch[/variant] to pick from an index; "" = host
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -34,6 +39,16 @@ pub struct Config {
     /// Log filter in `tracing_subscriber::EnvFilter` syntax (e.g. `info`,
     /// `lazysnap=debug`). RPCs and their labels are logged at `debug`.
     pub log_level: String,
+    /// Serve eStargz layers lazily when containerd's Prepare labels name them.
+    pub lazy: bool,
+    /// Byte budget of the on-disk chunk cache (`<root>/cache`).
+    pub cache_budget: u64,
+    /// Byte budget of the in-memory tier of hot chunks.
+    pub cache_memory: u64,
+    /// Registry hosts (`host[:port]`) reached over plain HTTP.
+    pub insecure_registries: Vec<String>,
+    /// Platform to resolve in an index (`os/arch[/variant]`); empty = the host's.
+    pub platform: String,
 }
 
 impl Default for Config {
@@ -42,6 +57,11 @@ impl Default for Config {
             root: PathBuf::from(DEFAULT_ROOT),
             address: PathBuf::from(DEFAULT_ADDRESS),
             log_level: "info".to_string(),
+            lazy: true,
+            cache_budget: 10 << 30,
+            cache_memory: 64 << 20,
+            insecure_registries: Vec::new(),
+            platform: String::new(),
         }
     }
 }
@@ -130,6 +150,9 @@ impl Config {
                 "log_level {:?} is not a valid filter",
                 self.log_level
             ));
+        }
+        if self.cache_budget < 1 << 20 {
+            problems.push(format!("cache_budget {} is below 1 MiB", self.cache_budget));
         }
         problems
     }

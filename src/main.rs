@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use lazysnap::config::{Config, DEFAULT_ADDRESS};
-use lazysnap::service::{self, ServeOptions};
+use lazysnap::service::{self, LazyOptions, ServeOptions};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -114,9 +114,16 @@ fn main() -> anyhow::Result<()> {
             let problems = cfg.validate();
             anyhow::ensure!(problems.is_empty(), "{}", problems.join("; "));
             init_logs(&cfg.log_level);
+            let lazy = cfg.lazy.then(|| LazyOptions {
+                cache_budget: cfg.cache_budget,
+                cache_memory: cfg.cache_memory,
+                insecure_registries: cfg.insecure_registries.clone(),
+                platform: cfg.platform.clone(),
+            });
             rt.block_on(service::serve(ServeOptions {
                 root: cfg.root,
                 address: cfg.address,
+                lazy,
             }))?;
             // Exit without running destructors of FUSE sessions: mounts stay.
             std::process::exit(0);

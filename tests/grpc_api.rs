@@ -32,7 +32,7 @@ impl Daemon {
             Arc::new(FuseMounter::new(tokio::runtime::Handle::current()));
         let r2 = root.clone();
         let snapshotter = Arc::new(
-            tokio::task::spawn_blocking(move || Snapshotter::open(&r2, mounter))
+            tokio::task::spawn_blocking(move || Snapshotter::open(&r2, mounter, None))
                 .await
                 .unwrap()
                 .unwrap(),
@@ -41,6 +41,7 @@ impl Daemon {
         let opts = ServeOptions {
             root,
             address: address.clone(),
+            lazy: None,
         };
         let s2 = snapshotter.clone();
         let task = tokio::spawn(async move {

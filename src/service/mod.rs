@@ -10,4 +10,6 @@ mod status;
 
 pub use control::ControlService;
 pub use grpc::SnapshotsService;
-pub use serve::{ServeError, ServeOptions, connect, serve, serve_with};
+pub use serve::{
+    LazyOptions, ServeError, ServeOptions, connect, remote_context, serve, serve_with,
+};

@@ -15,7 +15,9 @@ use tracing::info;
 use super::proto::containerd::services::snapshots::v1::snapshots_server::SnapshotsServer;
 use super::proto::lazysnap::v1::control_server::ControlServer;
 use super::{ControlService, SnapshotsService};
-use crate::snapshot::{FuseMounter, LayerMounter, Snapshotter};
+use crate::cache::{CacheOptions, ChunkCache};
+use crate::registry::{ClientOptions, Platform, RegistryClient, RegistryError};
+use crate::snapshot::{FuseMounter, LayerMounter, RemoteContext, Snapshotter};
 
 /// What `serve` needs.
 #[derive(Debug, Clone)]
@@ -24,6 +26,21 @@ pub struct ServeOptions {
     pub root: PathBuf,
     /// Socket path.
     pub address: PathBuf,
+    /// Lazy pulling; `None` serves local layers only.
+    pub lazy: Option<LazyOptions>,
+}
+
+/// Settings of lazy pulling (the config file's keys of the same names).
+#[derive(Debug, Clone)]
+pub struct LazyOptions {
+    /// Chunk cache byte budget on disk (`<root>/cache`).
+    pub cache_budget: u64,
+    /// Memory tier byte budget.
+    pub cache_memory: u64,
+    /// Hosts reached over plain HTTP.
+    pub insecure_registries: Vec<String>,
+    /// `os/arch[/variant]` to resolve; empty = the host's.
+    pub platform: String,
 }
 
 /// Why serving failed.
@@ -40,6 +57,9 @@ pub enum ServeError {
     /// The state could not be opened.
     #[error(transparent)]
     Snapshot(#[from] crate::snapshot::SnapshotError),
+    /// Lazy pulling could not be set up.
+    #[error("{0}")]
+    Setup(String),
     /// The server failed.
     #[error("grpc server: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -69,16 +89,58 @@ fn bind(path: &Path) -> Result<UnixListener, ServeError> {
 /// [`ServeError`] when the socket, the state or the server fails.
 pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     let rt = tokio::runtime::Handle::current();
-    let mounter: Arc<dyn LayerMounter> = Arc::new(FuseMounter::new(rt));
+    let mounter: Arc<dyn LayerMounter> = Arc::new(FuseMounter::new(rt.clone()));
+    let remote = match &opts.lazy {
+        Some(l) => Some(Arc::new(remote_context(&opts.root, l, rt)?)),
+        None => None,
+    };
     let root = opts.root.clone();
-    let snapshotter = tokio::task::spawn_blocking(move || Snapshotter::open(&root, mounter))
-        .await
-        .map_err(|e| ServeError::Socket {
-            path: opts.root.clone(),
-            source: std::io::Error::other(e),
-        })??;
+    let snapshotter =
+        tokio::task::spawn_blocking(move || Snapshotter::open(&root, mounter, remote))
+            .await
+            .map_err(|e| ServeError::Socket {
+                path: opts.root.clone(),
+                source: std::io::Error::other(e),
+            })??;
     let snapshotter = Arc::new(snapshotter);
     serve_with(snapshotter, &opts, shutdown_signal()).await
+}
+
+/// The registry client, chunk cache and platform lazy pulling uses.
+///
+/// # Errors
+/// [`ServeError::Setup`] naming what could not be set up.
+pub fn remote_context(
+    root: &Path,
+    l: &LazyOptions,
+    rt: tokio::runtime::Handle,
+) -> Result<RemoteContext, ServeError> {
+    let setup = |what: &str, e: String| ServeError::Setup(format!("{what}: {e}"));
+    let client = RegistryClient::new(ClientOptions {
+        insecure_hosts: l.insecure_registries.clone(),
+        ..ClientOptions::default()
+    })
+    .map_err(|e| setup("registry client", e.to_string()))?;
+    let cache = ChunkCache::open(CacheOptions {
+        dir: root.join("cache"),
+        disk_budget: l.cache_budget,
+        memory_budget: l.cache_memory,
+    })
+    .map_err(|e| setup("chunk cache", e.to_string()))?;
+    let platform = if l.platform.is_empty() {
+        Platform::host()
+    } else {
+        l.platform
+            .parse()
+            .map_err(|e: RegistryError| setup("platform", e.to_string()))?
+    };
+    Ok(RemoteContext {
+        client,
+        cache,
+        rt,
+        platform,
+        ahead: Default::default(),
+    })
 }
 
 /// Serves `snapshotter` on `opts.address` until `shutdown` completes.

@@ -12,6 +12,7 @@ impl From<SnapshotError> for Status {
             SnapshotError::AlreadyExists(_) => Code::AlreadyExists,
             SnapshotError::FailedPrecondition { .. } => Code::FailedPrecondition,
             SnapshotError::InvalidArgument(_) => Code::InvalidArgument,
+            SnapshotError::Unavailable(_) => Code::Unavailable,
             SnapshotError::Store(_) => Code::Internal,
             SnapshotError::Io { .. } => Code::Internal,
             SnapshotError::Mount { .. } => Code::Unavailable,

@@ -22,6 +22,9 @@ pub enum SnapshotError {
     /// The request itself is malformed (gRPC InvalidArgument).
     #[error("{0}")]
     InvalidArgument(String),
+    /// A remote layer's registry cannot be reached (gRPC Unavailable).
+    #[error("{0}")]
+    Unavailable(String),
     /// The metadata database failed.
     #[error("metadata database: {0}")]
     Store(String),

@@ -19,9 +19,9 @@
 //! Every method blocks (disk, mount syscalls); call them off the async
 //! reactor (`spawn_blocking`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tracing::{info, warn};
 
@@ -30,9 +30,10 @@ use super::filter::{self, Adaptor, Filter};
 use super::implicit::restore_implicit_dir_times;
 use super::mounter::LayerMounter;
 use super::mounts::{self, Mount};
+use super::remote::RemoteContext;
 use super::store::{Info, Kind, MountMode, Record, Store, now_ns};
 use super::usage::disk_usage;
-use crate::fs::{MountSpec, MountState};
+use crate::fs::{Lower, MountSpec, MountState};
 use crate::oci::labels;
 
 /// Counts and mounts, for the Control service's Status.
@@ -51,9 +52,14 @@ pub struct Status {
 /// The snapshotter.
 #[derive(Debug)]
 pub struct Snapshotter {
-    root: PathBuf,
-    store: Store,
+    pub(super) root: PathBuf,
+    pub(super) store: Store,
     mounter: Arc<dyn LayerMounter>,
+    /// Registry + cache for lazily served layers; `None` serves local layers only.
+    pub(super) remote: Option<Arc<RemoteContext>>,
+    /// The remote lowers of committed remote snapshots, by snapshot id: the
+    /// union finds them by layer dir; this map keeps them alive.
+    pub(super) remote_lowers: Mutex<HashMap<u64, Arc<Lower>>>,
 }
 
 impl Adaptor for Info {
@@ -94,7 +100,11 @@ impl Snapshotter {
     ///
     /// # Errors
     /// [`SnapshotError`] when the root or the database cannot be opened.
-    pub fn open(root: &Path, mounter: Arc<dyn LayerMounter>) -> Result<Self, SnapshotError> {
+    pub fn open(
+        root: &Path,
+        mounter: Arc<dyn LayerMounter>,
+        remote: Option<Arc<RemoteContext>>,
+    ) -> Result<Self, SnapshotError> {
         for d in [root.to_path_buf(), root.join("snapshots"), root.join("mnt")] {
             std::fs::create_dir_all(&d).map_err(|e| SnapshotError::io("", &d, e))?;
         }
@@ -103,15 +113,18 @@ impl Snapshotter {
             root: root.to_path_buf(),
             store,
             mounter,
+            remote,
+            remote_lowers: Mutex::new(HashMap::new()),
         };
+        s.reopen_remote_layers()?;
         s.reconcile()?;
         Ok(s)
     }
 
-    fn layer_dir(&self, id: u64) -> PathBuf {
+    pub(super) fn layer_dir(&self, id: u64) -> PathBuf {
         self.root.join("snapshots").join(id.to_string()).join("fs")
     }
-    fn work_dir(&self, id: u64) -> PathBuf {
+    pub(super) fn work_dir(&self, id: u64) -> PathBuf {
         self.root
             .join("snapshots")
             .join(id.to_string())
@@ -122,7 +135,7 @@ impl Snapshotter {
     }
 
     /// Layer dirs of `parent` and its ancestors, nearest first.
-    fn lower_dirs(&self, parent: Option<&str>) -> Result<Vec<PathBuf>, SnapshotError> {
+    pub(super) fn lower_dirs(&self, parent: Option<&str>) -> Result<Vec<PathBuf>, SnapshotError> {
         let mut out = Vec::new();
         let mut next = parent.map(str::to_string);
         while let Some(key) = next {
@@ -208,7 +221,16 @@ impl Snapshotter {
             ));
         }
         check_labels(&labels)?;
-        let mode = if kind == Kind::Active && is_extraction(key, &labels) {
+        if kind == Kind::Active {
+            self.try_remote(key, parent, &labels)?;
+        }
+        // Containerd writes an extraction straight into the upper of a kernel
+        // overlay, which only works over local layer dirs; over a remote
+        // parent it applies the layer through the union instead.
+        let mode = if kind == Kind::Active
+            && is_extraction(key, &labels)
+            && !self.has_remote_ancestor(parent)?
+        {
             MountMode::Overlay
         } else {
             MountMode::Fuse
@@ -303,7 +325,7 @@ impl Snapshotter {
         self.mounts_of(&rec)
     }
 
-    fn get(&self, key: &str) -> Result<Record, SnapshotError> {
+    pub(super) fn get(&self, key: &str) -> Result<Record, SnapshotError> {
         self.store
             .get(key)?
             .ok_or_else(|| SnapshotError::NotFound(key.to_string()))
@@ -404,6 +426,10 @@ impl Snapshotter {
             }
             t.delete(key)
         })?;
+        self.remote_lowers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&rec.id);
         self.remove_dirs(rec.id);
         info!(key, "removed");
         Ok(())

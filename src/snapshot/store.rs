@@ -75,6 +75,12 @@ pub struct RemoteLayer {
     pub media_type: String,
     /// Compressed blob size in bytes.
     pub size: u64,
+    /// Blob offset of the TOC (chunk extents end there).
+    #[serde(default)]
+    pub toc_offset: u64,
+    /// `gzip` or `zstd` members.
+    #[serde(default)]
+    pub compression: String,
 }
 
 /// One snapshot as stored.

@@ -1,0 +1,376 @@
+//! Remote layers: from a Prepare's remote-snapshot labels to a verified TOC
+//! and a chunk reader for the union's remote lower.
+//!
+//! This is where registry, format and cache meet (DESIGN.md places the
+//! composition "in one place"; it lives here, above `fs`, so that `fs` only
+//! sees the [`ChunkReader`] trait):
+//!
+//! 1. the manifest: by the CRI label's manifest digest, else by resolving the
+//!    reference for the host platform (and the layer must be in it);
+//! 2. the layer descriptor's `containerd.io/snapshot/stargz/toc.digest`
+//!    annotation (absent ⇒ the layer is not lazily readable);
+//! 3. one range request for the blob's tail (footer, and the TOC when it fits),
+//!    a second for the TOC otherwise (FORMATS.md §1.8);
+//! 4. the TOC JSON checked against the annotation before anything is mounted;
+//! 5. chunks: range GET of the chunk's compressed span, decompressed and checked
+//!    against its `chunkDigest`, cached under that digest (one fetch in flight
+//!    per chunk); a mismatch is fetched once more, then the read fails (EIO).
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::OnceCell;
+
+use bytes::Bytes;
+use tracing::{debug, warn};
+
+use crate::cache::{CacheMismatch, ChunkCache};
+use crate::format::estargz::{footer, parse_toc, toc_json_from_gzip_member, verify_toc};
+use crate::format::{Compression, FormatError, Toc, chunk::decode_verified};
+use crate::fs::{ChunkReader, FsError};
+use crate::oci::Digest;
+use crate::oci::labels::{RemoteLabels, STARGZ_TOC_DIGEST};
+use crate::registry::{Platform, Reference, RegistryClient, RegistryError};
+
+/// Bytes fetched from the end of a blob to find the footer (and, for small
+/// layers, the TOC) in one request.
+const TAIL_BYTES: u64 = 64 << 10;
+/// Largest uncompressed zstd TOC accepted.
+const MAX_ZSTD_TOC: u64 = crate::format::estargz::toc_json::MAX_TOC_BYTES;
+
+/// (image reference, layer digest) of a layer resolved ahead of its Prepare.
+pub type AheadKey = (String, Digest);
+
+/// What lazy pulling needs: the registry client, the chunk cache, the runtime
+/// the blocking FUSE threads wait on, and the platform to resolve for.
+#[derive(Debug)]
+pub struct RemoteContext {
+    /// Registry client (shared connections and tokens).
+    pub client: RegistryClient,
+    /// Chunk cache shared by all layers.
+    pub cache: Arc<ChunkCache>,
+    /// Runtime for network work started from blocking threads.
+    pub rt: tokio::runtime::Handle,
+    /// Platform to pick from an index when no manifest digest is labelled.
+    pub platform: Platform,
+    /// Layers being (or already) resolved ahead of their Prepare, by
+    /// (reference, layer digest); an entry is dropped when its Prepare takes it.
+    pub ahead: Mutex<HashMap<AheadKey, Arc<OnceCell<ResolvedLayer>>>>,
+}
+
+/// A layer whose TOC has been fetched and verified.
+#[derive(Debug, Clone)]
+pub struct ResolvedLayer {
+    /// Image reference it was resolved through.
+    pub reference: Reference,
+    /// Compressed layer digest.
+    pub digest: Digest,
+    /// Layer media type.
+    pub media_type: String,
+    /// Blob size in bytes.
+    pub size: u64,
+    /// Digest of the TOC JSON (the manifest annotation).
+    pub toc_digest: Digest,
+    /// The exact TOC JSON bytes (kept on disk to reopen after a restart).
+    pub toc_json: Vec<u8>,
+    /// Blob offset of the TOC.
+    pub toc_offset: u64,
+    /// The parsed TOC.
+    pub toc: Arc<Toc>,
+}
+
+/// Why a layer could not be served lazily.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    /// The registry could not be reached or kept failing: Prepare fails
+    /// (Unavailable), since a normal unpack would fail the same way.
+    #[error("layer {layer} of {reference}: {source}")]
+    Unavailable {
+        /// The image reference.
+        reference: String,
+        /// The layer digest.
+        layer: String,
+        /// The registry's error (names the host).
+        source: RegistryError,
+    },
+    /// The layer can't be read lazily (no TOC, bad footer or TOC, digest
+    /// mismatch, not in the manifest): containerd unpacks it normally.
+    #[error("layer {layer} of {reference} is not served lazily: {reason}")]
+    NotLazy {
+        /// The image reference.
+        reference: String,
+        /// The layer digest.
+        layer: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl RemoteContext {
+    /// Resolves the layer named by `labels` and fetches and verifies its TOC.
+    ///
+    /// # Errors
+    /// [`RemoteError::Unavailable`] for network failures,
+    /// [`RemoteError::NotLazy`] for everything that a normal unpack can still do.
+    pub async fn resolve_layer(&self, labels: &RemoteLabels) -> Result<ResolvedLayer, RemoteError> {
+        let not_lazy = |reason: String| RemoteError::NotLazy {
+            reference: labels.reference.clone(),
+            layer: labels.layer_digest.to_string(),
+            reason,
+        };
+        let unavailable = |source: RegistryError| RemoteError::Unavailable {
+            reference: labels.reference.clone(),
+            layer: labels.layer_digest.to_string(),
+            source,
+        };
+        let net = |e: RegistryError| {
+            if e.is_unavailable() {
+                unavailable(e)
+            } else {
+                not_lazy(e.to_string())
+            }
+        };
+        let reference: Reference = labels
+            .reference
+            .parse()
+            .map_err(|e: RegistryError| not_lazy(e.to_string()))?;
+        let manifest = match &labels.manifest_digest {
+            Some(d) => self.client.fetch_manifest(&reference, d).await,
+            None => self.client.resolve(&reference, &self.platform).await,
+        }
+        .map_err(net)?;
+        let desc = manifest
+            .manifest
+            .layers()
+            .iter()
+            .find(|d| d.digest().to_string() == labels.layer_digest.as_str())
+            .ok_or_else(|| {
+                not_lazy(format!(
+                    "the layer is not in manifest {} of the reference",
+                    manifest.digest
+                ))
+            })?;
+        let toc_digest = desc
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(STARGZ_TOC_DIGEST).cloned())
+            .or_else(|| labels.toc_digest.as_ref().map(|d| d.to_string()))
+            .ok_or_else(|| not_lazy(format!("no {STARGZ_TOC_DIGEST} annotation (not eStargz)")))?;
+        let toc_digest: Digest = toc_digest
+            .parse()
+            .map_err(|e| not_lazy(format!("{STARGZ_TOC_DIGEST}: {e}")))?;
+        let size = desc.size();
+        let digest = labels.layer_digest.clone();
+
+        let tail_start = size.saturating_sub(TAIL_BYTES);
+        let tail = self
+            .client
+            .read_range(&reference, &digest, tail_start, size)
+            .await
+            .map_err(net)?;
+        let footer = footer::parse(&tail, size).map_err(|e| not_lazy(e.to_string()))?;
+        let (start, end) = footer.toc_range(size);
+        let toc_bytes: Bytes = if start >= tail_start {
+            tail.slice((start - tail_start) as usize..(end - tail_start) as usize)
+        } else {
+            self.client
+                .read_range(&reference, &digest, start, end)
+                .await
+                .map_err(net)?
+        };
+        let json = match footer.compression() {
+            Compression::Gzip => toc_json_from_gzip_member(&toc_bytes),
+            Compression::Zstd => zstd_toc(&toc_bytes, footer.toc_uncompressed_len),
+        }
+        .map_err(|e| not_lazy(e.to_string()))?;
+        verify_toc(&json, &toc_digest).map_err(|e| not_lazy(e.to_string()))?;
+        let toc = parse_toc(&json, footer.toc_offset, footer.compression())
+            .map_err(|e| not_lazy(e.to_string()))?;
+        debug!(layer = %digest, entries = toc.entries.len(), "TOC verified");
+        Ok(ResolvedLayer {
+            reference,
+            digest,
+            media_type: desc.media_type().to_string(),
+            size,
+            toc_digest,
+            toc_json: json,
+            toc_offset: footer.toc_offset,
+            toc: Arc::new(toc),
+        })
+    }
+
+    /// The layer named by `labels`, resolved once however many ask; and, on
+    /// the first layer of an image, every other labelled layer resolved ahead
+    /// in the background (containerd 1.6 prepares layers one at a time, so
+    /// their TOCs are fetched concurrently instead of one after the other).
+    ///
+    /// # Errors
+    /// As [`RemoteContext::resolve_layer`]; a failure is not remembered.
+    pub async fn resolve_shared(
+        self: &Arc<Self>,
+        labels: &RemoteLabels,
+    ) -> Result<ResolvedLayer, RemoteError> {
+        for d in &labels.layers {
+            if *d == labels.layer_digest {
+                continue;
+            }
+            let key = (labels.reference.clone(), d.clone());
+            let fresh = {
+                let mut ahead = self.ahead.lock().unwrap_or_else(|p| p.into_inner());
+                if ahead.contains_key(&key) {
+                    false
+                } else {
+                    ahead.insert(key.clone(), Arc::new(OnceCell::new()));
+                    true
+                }
+            };
+            if fresh {
+                let (me, mut other) = (self.clone(), labels.clone());
+                other.layer_digest = d.clone();
+                tokio::spawn(async move {
+                    let cell = me.cell(&key);
+                    if let Err(e) = cell.get_or_try_init(|| me.resolve_layer(&other)).await {
+                        debug!(layer = %other.layer_digest, error = %e, "resolve ahead failed; its Prepare retries");
+                    }
+                });
+            }
+        }
+        let key = (labels.reference.clone(), labels.layer_digest.clone());
+        let cell = self.cell(&key);
+        let out = cell
+            .get_or_try_init(|| self.resolve_layer(labels))
+            .await
+            .cloned();
+        self.ahead
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
+        out
+    }
+
+    fn cell(&self, key: &AheadKey) -> Arc<OnceCell<ResolvedLayer>> {
+        self.ahead
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.clone())
+            .or_default()
+            .clone()
+    }
+
+    /// A chunk reader for `layer`, for the union's remote lower.
+    pub fn reader(self: &Arc<Self>, layer: &ResolvedLayer) -> Arc<dyn ChunkReader> {
+        Arc::new(RemoteBlob {
+            ctx: self.clone(),
+            reference: layer.reference.clone(),
+            digest: layer.digest.clone(),
+            toc: layer.toc.clone(),
+        })
+    }
+}
+
+/// Reopens a layer from its stored TOC JSON (after a restart), checking it
+/// against the TOC digest again.
+///
+/// # Errors
+/// [`FormatError`] when the stored bytes no longer verify or parse.
+pub fn reopen_toc(
+    json: &[u8],
+    toc_digest: &Digest,
+    toc_offset: u64,
+    compression: Compression,
+) -> Result<Toc, FormatError> {
+    verify_toc(json, toc_digest)?;
+    parse_toc(json, toc_offset, compression)
+}
+
+fn zstd_toc(compressed: &[u8], uncompressed_len: u64) -> Result<Vec<u8>, FormatError> {
+    if uncompressed_len > MAX_ZSTD_TOC {
+        return Err(FormatError::TooLarge {
+            what: "zstd TOC",
+            size: uncompressed_len,
+            max: MAX_ZSTD_TOC,
+        });
+    }
+    let mut out = Vec::with_capacity(uncompressed_len as usize);
+    zstd::stream::read::Decoder::new(compressed)
+        .and_then(|d| d.take(MAX_ZSTD_TOC + 1).read_to_end(&mut out))
+        .map_err(|e| FormatError::Decompress {
+            what: "zstd TOC".to_string(),
+            message: e.to_string(),
+        })?;
+    Ok(out)
+}
+
+/// Why one chunk fetch failed; shared by every reader waiting on it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct ChunkFetchError(String);
+
+impl From<CacheMismatch> for ChunkFetchError {
+    fn from(m: CacheMismatch) -> Self {
+        ChunkFetchError(m.to_string())
+    }
+}
+
+/// Reads chunks of one remote layer through the cache.
+#[derive(Debug)]
+struct RemoteBlob {
+    ctx: Arc<RemoteContext>,
+    reference: Reference,
+    digest: Digest,
+    toc: Arc<Toc>,
+}
+
+impl RemoteBlob {
+    async fn fetch(&self, entry: usize, chunk: usize) -> Result<Bytes, ChunkFetchError> {
+        let e = &self.toc.entries[entry];
+        let c = &e.chunks[chunk];
+        let mut last = None;
+        // A chunk whose bytes do not verify is fetched once more.
+        for _ in 0..2 {
+            let span = self
+                .ctx
+                .client
+                .read_range(&self.reference, &self.digest, c.offset, c.end)
+                .await
+                .map_err(|err| ChunkFetchError(format!("layer {}: {err}", self.digest)))?;
+            match decode_verified(self.toc.compression, &span, c, &e.name) {
+                Ok(b) => return Ok(Bytes::from(b)),
+                Err(err) => {
+                    warn!(layer = %self.digest, error = %err, "chunk did not verify");
+                    last = Some(err);
+                }
+            }
+        }
+        Err(ChunkFetchError(format!(
+            "layer {}: {}",
+            self.digest,
+            last.map(|e| e.to_string()).unwrap_or_default()
+        )))
+    }
+}
+
+impl ChunkReader for RemoteBlob {
+    fn read_chunk(&self, entry: usize, chunk: usize) -> Result<Bytes, FsError> {
+        let e = self
+            .toc
+            .entries
+            .get(entry)
+            .ok_or_else(|| FsError::remote(format!("no TOC entry {entry}")))?;
+        let c = e
+            .chunks
+            .get(chunk)
+            .ok_or_else(|| FsError::remote(format!("{}: no chunk {chunk}", e.name)))?;
+        let Some(key) = c.digest.clone() else {
+            return Err(FsError::remote(format!(
+                "{}: chunk without digest cannot be verified",
+                e.name
+            )));
+        };
+        self.ctx
+            .rt
+            .block_on(self.ctx.cache.get_or_fetch(&key, self.fetch(entry, chunk)))
+            .map_err(|err| FsError::remote(format!("{}: {err}", e.name)))
+    }
+}

@@ -1,0 +1,225 @@
+//! The remote-snapshot handshake (FORMATS.md §4.5, as containerd 1.6.20 runs
+//! it): a Prepare whose labels name a lazily readable layer is answered by
+//! creating the Committed snapshot containerd is about to ask for — same
+//! parent, label `containerd.io/snapshot.ref` = the chain ID — and returning
+//! AlreadyExists, so containerd neither downloads nor unpacks the layer. It
+//! then finds the snapshot with `List(labels."containerd.io/snapshot.ref"==<chainID>,
+//! parent==<parent>)` and `Stat`s it.
+//!
+//! Naming: `<namespace>/lazysnap-remote/<chainID>`, the namespace being the
+//! first part of containerd's backend key, so a namespace's remote snapshots
+//! are its own and removing one never touches another namespace's.
+//!
+//! A layer that cannot be served lazily (no TOC annotation, a footer or TOC
+//! that does not parse or verify) falls back to a normal unpack, logged once
+//! with the reason; a registry that cannot be reached fails the Prepare with
+//! Unavailable naming the host.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tracing::{info, warn};
+
+use super::SnapshotError;
+use super::remote::{RemoteError, reopen_toc};
+use super::snapshotter::Snapshotter;
+use super::store::{Kind, MountMode, Record, RemoteLayer, now_ns};
+use crate::format::Compression;
+use crate::fs::Lower;
+use crate::oci::Digest;
+use crate::oci::labels::{self, RemoteLabels};
+
+/// The TOC JSON of a remote snapshot, beside its (empty) layer dir.
+const TOC_FILE: &str = "toc.json";
+
+impl Snapshotter {
+    /// Answers a Prepare with remote-snapshot labels: `Ok(())` to go on with a
+    /// normal Prepare, `Err(AlreadyExists)` when the layer is served lazily.
+    pub(super) fn try_remote(
+        &self,
+        key: &str,
+        parent: Option<&str>,
+        map: &BTreeMap<String, String>,
+    ) -> Result<(), SnapshotError> {
+        let Some(ctx) = &self.remote else {
+            return Ok(());
+        };
+        let Some(rl) = RemoteLabels::parse(map).map_err(SnapshotError::InvalidArgument)? else {
+            return Ok(());
+        };
+        let ns = key.split('/').next().unwrap_or_default();
+        let name = format!("{ns}/lazysnap-remote/{}", rl.target);
+        if let Some(existing) = self.store.get(&name)? {
+            if existing.parent.as_deref() == parent {
+                return Err(SnapshotError::AlreadyExists(rl.target));
+            }
+            warn!(
+                name,
+                "remote snapshot exists with another parent; unpacking normally"
+            );
+            return Ok(());
+        }
+        let layer = match ctx.rt.block_on(ctx.resolve_shared(&rl)) {
+            Ok(l) => l,
+            Err(e @ RemoteError::Unavailable { .. }) => {
+                return Err(SnapshotError::Unavailable(e.to_string()));
+            }
+            Err(e @ RemoteError::NotLazy { .. }) => {
+                info!(key, "{e}; containerd unpacks it");
+                return Ok(());
+            }
+        };
+        let reader = ctx.reader(&layer);
+        let mut rec_labels: BTreeMap<String, String> = map
+            .iter()
+            .filter(|(k, _)| k.starts_with(labels::INHERITED_PREFIX) || *k == labels::TARGET_REF)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        rec_labels.insert(labels::TARGET_REF.to_string(), rl.target.clone());
+        rec_labels.insert(labels::REMOTE.to_string(), "remote snapshot".to_string());
+        let now = now_ns();
+        let remote = RemoteLayer {
+            reference: layer.reference.to_string(),
+            layer_digest: layer.digest.to_string(),
+            toc_digest: layer.toc_digest.to_string(),
+            media_type: layer.media_type.clone(),
+            size: layer.size,
+            toc_offset: layer.toc_offset,
+            compression: compression_name(layer.toc.compression).to_string(),
+        };
+        let rec = self.store.write(|t| {
+            if t.get(&name)?.is_some() {
+                return Ok(None);
+            }
+            if let Some(p) = parent {
+                let prec = t
+                    .get(p)?
+                    .ok_or_else(|| SnapshotError::NotFound(p.to_string()))?;
+                if prec.kind != Kind::Committed {
+                    return Err(SnapshotError::InvalidArgument(format!(
+                        "parent {p:?} of snapshot {key:?} is not committed"
+                    )));
+                }
+            }
+            let rec = Record {
+                id: t.next_id()?,
+                parent: parent.map(str::to_string),
+                kind: Kind::Committed,
+                labels: rec_labels,
+                created_ns: now,
+                updated_ns: now,
+                mount_mode: MountMode::None,
+                remote: Some(remote),
+            };
+            t.put(&name, &rec)?;
+            Ok(Some(rec))
+        })?;
+        let Some(rec) = rec else {
+            return Err(SnapshotError::AlreadyExists(rl.target));
+        };
+        let dir = self.layer_dir(rec.id);
+        let made = std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::create_dir_all(self.work_dir(rec.id)))
+            .and_then(|()| std::fs::write(self.toc_path(rec.id), &layer.toc_json));
+        let lower = made
+            .map_err(|e| SnapshotError::io(&name, &dir, e))
+            .and_then(|()| {
+                Lower::remote(&dir, layer.toc.clone(), reader).map_err(|source| {
+                    SnapshotError::Mount {
+                        key: name.clone(),
+                        source,
+                    }
+                })
+            });
+        match lower {
+            Ok(lower) => {
+                self.keep_lower(rec.id, lower);
+                info!(name, layer = %layer.digest, entries = layer.toc.entries.len(), "remote snapshot ready");
+                // containerd needs AlreadyExists to skip download and unpack.
+                Err(SnapshotError::AlreadyExists(rl.target))
+            }
+            Err(e) => {
+                let _ = self.store.write(|t| t.delete(&name));
+                let _ =
+                    std::fs::remove_dir_all(self.root.join("snapshots").join(rec.id.to_string()));
+                Err(e)
+            }
+        }
+    }
+
+    fn toc_path(&self, id: u64) -> std::path::PathBuf {
+        self.root
+            .join("snapshots")
+            .join(id.to_string())
+            .join(TOC_FILE)
+    }
+
+    fn keep_lower(&self, id: u64, lower: Arc<Lower>) {
+        self.remote_lowers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, lower);
+    }
+
+    /// Whether `parent` or any of its ancestors is a remote snapshot.
+    pub(super) fn has_remote_ancestor(&self, parent: Option<&str>) -> Result<bool, SnapshotError> {
+        let mut next = parent.map(str::to_string);
+        while let Some(k) = next {
+            let rec = self.get(&k)?;
+            if rec.remote.is_some() {
+                return Ok(true);
+            }
+            next = rec.parent;
+        }
+        Ok(false)
+    }
+
+    /// After a restart: the remote lowers of committed remote snapshots, from
+    /// their stored TOC (verified again against the TOC digest).
+    pub(super) fn reopen_remote_layers(&self) -> Result<(), SnapshotError> {
+        let Some(ctx) = &self.remote else {
+            return Ok(());
+        };
+        for (key, rec) in self.store.all()? {
+            let Some(r) = &rec.remote else { continue };
+            let res = (|| -> Result<Arc<Lower>, String> {
+                let json = std::fs::read(self.toc_path(rec.id)).map_err(|e| e.to_string())?;
+                let toc_digest: Digest = r.toc_digest.parse().map_err(|e| format!("{e}"))?;
+                let compression = if r.compression == "zstd" {
+                    Compression::Zstd
+                } else {
+                    Compression::Gzip
+                };
+                let toc = reopen_toc(&json, &toc_digest, r.toc_offset, compression)
+                    .map_err(|e| e.to_string())?;
+                let layer = super::remote::ResolvedLayer {
+                    reference: r.reference.parse().map_err(|e| format!("{e}"))?,
+                    digest: r.layer_digest.parse().map_err(|e| format!("{e}"))?,
+                    media_type: r.media_type.clone(),
+                    size: r.size,
+                    toc_digest,
+                    toc_json: Vec::new(),
+                    toc_offset: r.toc_offset,
+                    toc: Arc::new(toc),
+                };
+                let reader = ctx.reader(&layer);
+                Lower::remote(&self.layer_dir(rec.id), layer.toc.clone(), reader)
+                    .map_err(|e| e.to_string())
+            })();
+            match res {
+                Ok(lower) => self.keep_lower(rec.id, lower),
+                Err(e) => {
+                    warn!(key, error = %e, "cannot reopen remote layer; its mounts will fail")
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn compression_name(c: Compression) -> &'static str {
+    match c {
+        Compression::Gzip => "gzip",
+        Compression::Zstd => "zstd",
+    }
+}
