@@ -4,14 +4,35 @@
 #          as one OCI layout, keyed by a hash of the builder scripts; prints the layout path
 #   push   build if needed, then push every image to the registry of the environment in
 #          ENV_DIR (default $LAZYSNAP_TEST_ENV); pushes once per environment
+#   push-estargz [ENV_DIR]
+#          push (if needed), then convert the images of ESTARGZ_IMAGES to eStargz with
+#          `ctr-remote image convert --estargz --oci` in the environment's containerd (namespace
+#          esgz-convert) and push them as `<repo>:esgz`; checks that every layer of the pushed
+#          manifests carries containerd.io/snapshot/stargz/toc.digest; once per environment
 #   list   print "ref" of every image, one a line
 #   dir    print the cache directory of the current builder version
-# Images: test/busybox:latest, test/python:latest, cases/bNN:t (see scripts/testimg/build.py).
+# Images: test/busybox:latest, test/python:latest, cases/bNN:t (see scripts/testimg/build.py);
+# eStargz: test/busybox:esgz, test/python:esgz (+ variants esgz-*), cases/b10:esgz, cases/b26:esgz.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 here=$LAZYSNAP_REPO/scripts
-key=$(cat "$here/images.sh" "$here/testimg/build.py" "$here/testimg/tk.py" | sha256sum | cut -c1-16)
+key=$(cat "$here/images.sh" "$here/testimg/build.py" "$here/testimg/tk.py" "$here/testimg/index.py" | sha256sum | cut -c1-16)
+# Images converted to eStargz by push-estargz: "source target [chunk size]". The python
+# variants differ only in their chunk size, so that their layer blobs differ: tests that count
+# the bytes the registry serves each use their own variant and do not see another test's
+# (or their own earlier) reads served from lazysnap's cache.
+ESTARGZ_IMAGES=(
+  "test/python:latest test/python:esgz"
+  "test/busybox:latest test/busybox:esgz"
+  "cases/b10:t cases/b10:esgz"
+  "cases/b26:t cases/b26:esgz"
+  "test/python:latest test/python:esgz-b17r 1048576"
+  "test/python:latest test/python:esgz-b17i 786432"
+  "test/python:latest test/python:esgz-bad 524288"
+  "test/python:latest test/python:esgz-2ns 393216"
+  "test/python:latest test/python:esgz-demo 262144"
+)
 cache=$LAZYSNAP_IMAGE_CACHE/$key
 
 build() {
@@ -33,6 +54,8 @@ build() {
   n=$(jq length "$tmp/images.json")
   for ((i = 0; i < n; i++)); do
     tag=$(jq -r ".[$i].tag" "$tmp/images.json")
+    # OCI indexes are assembled after gc (testimg/index.py)
+    [ "$(jq -r ".[$i].index // empty" "$tmp/images.json")" = "" ] || continue
     umoci new --image "$tmp/oci:$tag"
     for l in $(jq -r ".[$i].layers[]" "$tmp/images.json"); do
       umoci raw add-layer --image "$tmp/oci:$tag" "$tmp/layers/$l.tar"
@@ -41,8 +64,16 @@ build() {
     while IFS= read -r c; do cmdargs+=(--config.cmd "$c"); done < <(jq -r ".[$i].cmd[]" "$tmp/images.json")
     umoci config --image "$tmp/oci:$tag" --config.env "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
       --config.workingdir / "${cmdargs[@]}"
+    arch=$(jq -r ".[$i].arch // empty" "$tmp/images.json")
+    [ -z "$arch" ] || umoci config --image "$tmp/oci:$tag" --architecture "$arch"
   done
   umoci gc --layout "$tmp/oci"
+  for ((i = 0; i < n; i++)); do
+    [ "$(jq -r ".[$i].index // empty" "$tmp/images.json")" != "" ] || continue
+    # shellcheck disable=SC2046
+    python3 "$here/testimg/index.py" "$tmp/oci" "$(jq -r ".[$i].tag" "$tmp/images.json")" \
+      $(jq -r ".[$i].index[]" "$tmp/images.json")
+  done
   rm -rf "$tmp/layers"
   touch "$tmp/done"
   mv "$tmp" "$cache"
@@ -66,7 +97,9 @@ push() {
   for ((i = 0; i < n; i++)); do
     tag=$(jq -r ".[$i].tag" "$cache/images.json")
     ref=$(jq -r ".[$i].ref" "$cache/images.json")
-    skopeo copy -q --dest-tls-verify=false "oci:$cache/oci:$tag" "docker://$REGISTRY/$ref" >/dev/null ||
+    local -a all=()
+    [ "$(jq -r ".[$i].index // empty" "$cache/images.json")" = "" ] || all=(--all)
+    skopeo copy -q "${all[@]}" --dest-tls-verify=false "oci:$cache/oci:$tag" "docker://$REGISTRY/$ref" >/dev/null ||
       die "pushing $ref to $REGISTRY failed"
   done
   touch "$envdir/images-pushed.$key"
@@ -74,10 +107,44 @@ push() {
   log "pushed $n images to $REGISTRY"
 }
 
+push_estargz() {
+  local envdir=${1:-${LAZYSNAP_TEST_ENV:-}}
+  push "$envdir"
+  command -v ctr-remote >/dev/null || die "ctr-remote not found (apt-get install stargz-snapshotter)"
+  local REGISTRY CONTAINERD_ADDRESS
+  REGISTRY=$(. "$envdir/env" && echo "$REGISTRY")
+  CONTAINERD_ADDRESS=$(. "$envdir/env" && echo "$CONTAINERD_ADDRESS")
+  exec 8>"$envdir/images.lock"
+  flock 8
+  if [ -f "$envdir/images-esgz-pushed.$key" ]; then exec 8>&-; return 0; fi
+  local ns=esgz-convert entry src dst chunk m layers missing
+  local -a c=(ctr -a "$CONTAINERD_ADDRESS" -n "$ns") opts
+  for entry in "${ESTARGZ_IMAGES[@]}"; do
+    read -r src dst chunk <<<"$entry"
+    opts=()
+    [ -z "$chunk" ] || opts=(--estargz-chunk-size "$chunk")
+    # content only (no unpack): ctr content fetch also records the image
+    "${c[@]}" content fetch --plain-http "$REGISTRY/$src" >/dev/null || die "fetching $src failed"
+    ctr-remote -a "$CONTAINERD_ADDRESS" -n "$ns" image convert --estargz --oci "${opts[@]}" \
+      "$REGISTRY/$src" "$REGISTRY/$dst" >/dev/null || die "converting $src to eStargz failed"
+    "${c[@]}" images push --plain-http "$REGISTRY/$dst" >/dev/null || die "pushing $dst failed"
+    m=$(curl -fsS -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
+      "http://$REGISTRY/v2/${dst%:*}/manifests/${dst##*:}") || die "no manifest for $dst"
+    layers=$(jq '.layers | length' <<<"$m")
+    missing=$(jq '[.layers[] | select(.annotations["containerd.io/snapshot/stargz/toc.digest"] == null)] | length' <<<"$m")
+    [ "$missing" = 0 ] || die "$dst: $missing of $layers layers have no stargz toc.digest annotation"
+    "${c[@]}" images rm "$REGISTRY/$src" "$REGISTRY/$dst" >/dev/null 2>&1 || true
+  done
+  touch "$envdir/images-esgz-pushed.$key"
+  exec 8>&-
+  log "pushed ${#ESTARGZ_IMAGES[@]} eStargz images to $REGISTRY"
+}
+
 case ${1:-} in
   build) build; echo "$cache/oci" ;;
   push) push "${2:-}" ;;
+  push-estargz) push_estargz "${2:-}" ;;
   list) build; jq -r '.[].ref' "$cache/images.json" ;;
   dir) echo "$cache" ;;
-  *) die "usage: images.sh build|push [ENV_DIR]|list|dir" ;;
+  *) die "usage: images.sh build|push [ENV_DIR]|push-estargz [ENV_DIR]|list|dir" ;;
 esac

@@ -79,7 +79,9 @@ fn init_logs(level: &str) {
     let spec = if level.contains('=') || level.contains(',') {
         level.to_string()
     } else {
-        format!("info,lazysnap={level}")
+        // fuser logs at ERROR every reply the kernel no longer wants (ENOENT
+        // for a request interrupted when a container is killed): not an error.
+        format!("info,fuser::reply=off,lazysnap={level}")
     };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(spec))

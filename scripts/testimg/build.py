@@ -11,6 +11,9 @@ Images (all have a busybox layer at the bottom, so `sh -c` works in them):
                   L2 python3 (Debian python3.11-minimal + libpython3.11-stdlib)
                   L3 whiteouts + replacements + /app/main.py
   cases/bNN:t     the field cases of CASES.md (union side), busybox or python base + case layers
+                  (entries with "index" are OCI indexes, assembled by testimg/index.py; entries
+                  with "arch" get that architecture in their config)
+eStargz variants (`…:esgz`) are converted from these by `images.sh push-estargz`.
 """
 import glob
 import json
@@ -222,6 +225,32 @@ def main(out):
                   f("usr/bin/a", b"a")],
                  [f("usr/bin/b", b"b")],
                  [f("opt/tool/run", b"r")]])
+
+    # B26: an empty layer between two ordinary ones. L2 is an empty tar archive (10240 zero
+    # bytes, `tar -cf L2.tar -T /dev/null`); in b26z it is a zero-byte stream, which umoci
+    # stores as the gzip of nothing (the canonical "empty layer" blob).
+    case("b26", [[d("bin/"), f("bin/app", random.Random(1026).randbytes(1024), mode=0o755)],
+                 [],
+                 [d("etc/"), f("etc/conf", b"conf=26\n")]])
+    case("b26z", [[d("bin/"), f("bin/app", random.Random(1026).randbytes(1024), mode=0o755)],
+                  [],
+                  [d("etc/"), f("etc/conf", b"conf=26\n")]])
+    with open(f"{L}/b26-l2.tar", "wb") as fh:
+        fh.write(bytes(10240))
+    with open(f"{L}/b26z-l2.tar", "wb") as fh:
+        pass
+
+    # B20: single-platform images (the busybox layer; only the config's architecture differs)
+    # and OCI indexes over them written by scripts/testimg/index.py after umoci:
+    #   cases/b20:t      linux/arm64 + an artifact manifest for unknown/unknown
+    #   cases/b20both:t  linux/arm64 + linux/amd64 + the artifact
+    for arch in ("arm64", "amd64"):
+        images.append({"ref": f"cases/b20-{arch}:t", "tag": f"cases-b20-{arch}",
+                       "layers": ["busybox"], "cmd": ["/bin/sh"], "arch": arch})
+    images.append({"ref": "cases/b20:t", "tag": "cases-b20",
+                   "index": ["cases-b20-arm64", "@artifact"]})
+    images.append({"ref": "cases/b20both:t", "tag": "cases-b20both",
+                   "index": ["cases-b20-arm64", "cases-b20-amd64", "@artifact"]})
 
     with open(os.path.join(out, "images.json"), "w") as fh:
         json.dump(images, fh, indent=1)

@@ -603,3 +603,417 @@ pub fn sha256_hex_of_python_expr(expr: &str) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+// ---- lazy pulling: eStargz images, the fault-injecting registry proxy ---------------------
+
+static ESTARGZ_PUSHED: OnceLock<Result<(), String>> = OnceLock::new();
+
+/// Push the test images and their eStargz variants (`scripts/images.sh push-estargz`:
+/// `test/python:esgz`, `test/busybox:esgz`, `cases/b10:esgz`, `cases/b26:esgz`, converted by
+/// `ctr-remote image convert --estargz --oci` in the environment's containerd), once per
+/// environment (a marker file in the environment's directory).
+pub fn push_estargz_images() {
+    push_images();
+    let r = ESTARGZ_PUSHED.get_or_init(|| {
+        let out = Command::new(script("images.sh"))
+            .arg("push-estargz")
+            .arg(&env().dir)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("run scripts/images.sh: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "scripts/images.sh push-estargz failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    });
+    if let Err(e) = r {
+        panic!("{e}");
+    }
+}
+
+/// One request as logged by `tests/helpers/faultproxy.py` (fault `log`).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct ProxyRequest {
+    /// `proxy` (the registry front), `object` (the redirect target) or `token`.
+    pub server: String,
+    pub method: String,
+    pub path: String,
+    pub range: Option<String>,
+    pub status: u16,
+    /// Body bytes actually sent.
+    pub bytes: u64,
+    /// Content-Length announced.
+    pub length: u64,
+    /// Whether the request carried an Authorization header.
+    pub auth: bool,
+    /// The fault injected into this answer, if any.
+    pub fault: Option<String>,
+    pub t: f64,
+}
+
+impl ProxyRequest {
+    /// The blob digest, for a request of a blob (`/v2/<name>/blobs/<digest>` or the object
+    /// server's `/o/<name>/<digest>`).
+    pub fn blob(&self) -> Option<&str> {
+        let path = self.path.split('?').next().unwrap_or("");
+        if path.contains("/blobs/sha256:") || path.starts_with("/o/") {
+            path.rsplit('/').next()
+        } else {
+            None
+        }
+    }
+}
+
+/// A running `tests/helpers/faultproxy.py` in front of the environment's registry, on a free
+/// port of 127.0.0.1. It always logs (fault `log`) to a file in the environment's directory.
+/// Dropping it stops the process (by its PID), also when the test panics.
+pub struct FaultProxy {
+    child: std::process::Child,
+    /// The proxy's port (the registry host for the product is `127.0.0.1:<port>`).
+    pub port: u16,
+    /// The port of the redirect target (object server).
+    pub object_port: u16,
+    /// The JSON-lines request log.
+    pub log: PathBuf,
+    /// The faults it was started with.
+    pub faults: String,
+}
+
+impl std::fmt::Debug for FaultProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FaultProxy")
+            .field("pid", &self.child.id())
+            .field("port", &self.port)
+            .field("faults", &self.faults)
+            .finish()
+    }
+}
+
+impl FaultProxy {
+    /// Start the proxy with `faults` (comma list, see faultproxy.py; `log` is added) and
+    /// settings such as `("EXP", "5")`. Panics if it does not come up within 10 s.
+    pub fn start(faults: &str, settings: &[(&str, &str)]) -> FaultProxy {
+        let e = env();
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("{}-{seq}", std::process::id());
+        let log = e.dir.join(format!("faultproxy-{tag}.log"));
+        let ready = e.dir.join(format!("faultproxy-{tag}.ready"));
+        let _ = std::fs::remove_file(&ready);
+        let mut all: Vec<&str> = faults.split(',').filter(|f| !f.is_empty()).collect();
+        if !all.contains(&"log") {
+            all.push("log");
+        }
+        let faults = all.join(",");
+        let mut cmd = Command::new("python3");
+        cmd.arg(repo().join("tests/helpers/faultproxy.py"))
+            .args(["--upstream", &e.registry, "--faults", &faults])
+            .arg("--log")
+            .arg(&log)
+            .arg("--ready")
+            .arg(&ready)
+            .env_remove("FAULT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        for (k, v) in settings {
+            cmd.arg("--set").arg(format!("{k}={v}"));
+        }
+        let mut child = cmd
+            .spawn()
+            .expect("start python3 tests/helpers/faultproxy.py");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let line = loop {
+            if let Ok(s) = std::fs::read_to_string(&ready) {
+                break s;
+            }
+            if let Ok(Some(st)) = child.try_wait() {
+                panic!("faultproxy.py exited at start: {st}");
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("faultproxy.py did not come up in 10 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(line.trim()).expect("faultproxy ready line");
+        let port = v["port"].as_u64().expect("port") as u16;
+        let object_port = v["object_port"].as_u64().expect("object_port") as u16;
+        eprintln!(
+            "faultproxy pid {} on 127.0.0.1:{port} (objects :{object_port}) faults {faults}, log {}",
+            child.id(),
+            log.display()
+        );
+        FaultProxy {
+            child,
+            port,
+            object_port,
+            log,
+            faults,
+        }
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The reference of test image `name` through the proxy.
+    pub fn reference(&self, name: &str) -> String {
+        format!("{}/{name}", self.addr())
+    }
+
+    /// Every request logged so far.
+    pub fn requests(&self) -> Vec<ProxyRequest> {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("proxy log line {l}: {e}")))
+            .collect()
+    }
+
+    /// Stop the proxy (SIGTERM, then SIGKILL after 5 s) and reap it.
+    pub fn stop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        // SAFETY: kill(2) on the PID of our own child, which has not been reaped yet.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        for _ in 0..50 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A layer descriptor of a pushed image manifest.
+#[derive(Debug, Clone)]
+pub struct LayerInfo {
+    pub digest: String,
+    pub size: u64,
+    pub media_type: String,
+    /// `containerd.io/snapshot/stargz/toc.digest`, for eStargz layers.
+    pub toc_digest: Option<String>,
+}
+
+/// What the tests need of a pushed single-platform image.
+#[derive(Debug, Clone)]
+pub struct ImageInfo {
+    pub layers: Vec<LayerInfo>,
+    pub config: String,
+    pub diff_ids: Vec<String>,
+    /// chain[0] = diff_id[0]; chain[i] = sha256(chain[i-1] + " " + diff_id[i]).
+    pub chain_ids: Vec<String>,
+}
+
+impl ImageInfo {
+    /// Total compressed size of the layers.
+    pub fn layer_bytes(&self) -> u64 {
+        self.layers.iter().map(|l| l.size).sum()
+    }
+}
+
+/// Read manifest and config of `name` (e.g. `test/python:esgz`) from the environment's
+/// registry (directly, not through any proxy).
+pub fn image_info(name: &str) -> ImageInfo {
+    let (repo_, tag) = name.rsplit_once(':').expect("name:tag");
+    let py = r#"
+import hashlib, json, sys, urllib.request
+reg, repo, tag = sys.argv[1:4]
+def get(path, accept):
+    req = urllib.request.Request(f"http://{reg}/v2/{repo}/{path}", headers={"Accept": accept})
+    return json.load(urllib.request.urlopen(req))
+m = get(f"manifests/{tag}", "application/vnd.oci.image.manifest.v1+json,application/vnd.docker.distribution.manifest.v2+json")
+c = get(f"blobs/{m['config']['digest']}", "*/*")
+diff = c["rootfs"]["diff_ids"]
+chain = [diff[0]]
+for d in diff[1:]:
+    chain.append("sha256:" + hashlib.sha256(f"{chain[-1]} {d}".encode()).hexdigest())
+print(json.dumps({"layers": [{"digest": l["digest"], "size": l["size"], "mediaType": l["mediaType"],
+                  "toc": (l.get("annotations") or {}).get("containerd.io/snapshot/stargz/toc.digest")}
+                 for l in m["layers"]],
+                  "config": m["config"]["digest"], "diff_ids": diff, "chain_ids": chain}))
+"#;
+    let out = Command::new("python3")
+        .args(["-c", py, &env().registry, repo_, tag])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "reading {name} from the registry: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("image info json");
+    let strs = |k: &str| -> Vec<String> {
+        v[k].as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect()
+    };
+    ImageInfo {
+        layers: v["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| LayerInfo {
+                digest: l["digest"].as_str().unwrap().to_string(),
+                size: l["size"].as_u64().unwrap(),
+                media_type: l["mediaType"].as_str().unwrap().to_string(),
+                toc_digest: l["toc"].as_str().map(|s| s.to_string()),
+            })
+            .collect(),
+        config: v["config"].as_str().unwrap().to_string(),
+        diff_ids: strs("diff_ids"),
+        chain_ids: strs("chain_ids"),
+    }
+}
+
+/// `ctr snapshots info` of one snapshot, as containerd's metadata store reports it.
+#[derive(Debug, Clone)]
+pub struct SnapshotInfo {
+    pub name: String,
+    pub parent: String,
+    pub kind: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Test {
+    /// `ctr-remote images rpull --plain-http --snapshotter <under test> REFERENCE` with any
+    /// reference (e.g. one through a [`FaultProxy`]); returns the whole Output.
+    pub fn rpull_output(&self, reference: &str) -> Output {
+        let e = env();
+        Command::new("timeout")
+            .args([
+                "--kill-after=10",
+                &CTR_TIMEOUT_SECS.to_string(),
+                "ctr-remote",
+                "-a",
+            ])
+            .arg(&e.containerd_address)
+            .args([
+                "-n",
+                &self.ns,
+                "images",
+                "rpull",
+                "--plain-http",
+                "--snapshotter",
+                &snapshotter(),
+                reference,
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ctr-remote (apt-get install stargz-snapshotter)")
+    }
+
+    /// Like [`Test::rpull_output`], but panics (with the daemon's log tail) unless it succeeds.
+    pub fn rpull_ref(&self, reference: &str) {
+        let out = self.rpull_output(reference);
+        if !out.status.success() {
+            panic!(
+                "ctr-remote images rpull {reference} failed ({}):\n{}{}\n--- lazysnap log (tail) ---\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                lazysnap_log_tail(60)
+            );
+        }
+    }
+
+    /// `ctr run --rm --snapshotter SNAP REFERENCE <new id> CMD...`; returns the whole Output.
+    pub fn run_output_with(&self, snap: &str, reference: &str, cmd: &[&str]) -> Output {
+        let id = self.new_id();
+        let mut args = vec!["run", "--rm", "--snapshotter", snap, reference, &id];
+        args.extend_from_slice(cmd);
+        self.ctr(&args)
+    }
+
+    /// `sh -c SCRIPT` in a new container of REFERENCE on snapshotter SNAP; panics unless it
+    /// exits 0; returns stdout.
+    pub fn sh_with(&self, snap: &str, reference: &str, script: &str) -> String {
+        let out = self.run_output_with(snap, reference, &["sh", "-c", script]);
+        if !out.status.success() {
+            panic!(
+                "sh -c in {reference} ({snap}) exited {}:\nscript: {script}\nstdout: {}\nstderr: {}\n--- lazysnap log (tail) ---\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                lazysnap_log_tail(60)
+            );
+        }
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Every snapshot of this namespace on snapshotter SNAP, with parent and labels
+    /// (`ctr snapshots ls` + `ctr snapshots info`).
+    pub fn snapshot_infos_with(&self, snap: &str) -> Vec<SnapshotInfo> {
+        let out = self.ctr_ok(&["snapshots", "--snapshotter", snap, "ls"]);
+        let mut infos = Vec::new();
+        for line in out.lines().skip(1) {
+            let Some(key) = line.split_whitespace().next() else {
+                continue;
+            };
+            let out = self.ctr(&["snapshots", "--snapshotter", snap, "info", key]);
+            if !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not found") {
+                continue; // removed (by containerd's gc) since the ls
+            }
+            let text = self.ctr_ok(&["snapshots", "--snapshotter", snap, "info", key]);
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("ctr snapshots info {key}: {e}: {text}"));
+            let labels = v["Labels"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            infos.push(SnapshotInfo {
+                name: v["Name"].as_str().unwrap_or(key).to_string(),
+                parent: v["Parent"].as_str().unwrap_or("").to_string(),
+                kind: v["Kind"].as_str().unwrap_or("").to_string(),
+                labels,
+            });
+        }
+        infos.sort_by(|a, b| a.name.cmp(&b.name));
+        infos
+    }
+
+    /// [`Test::snapshot_infos_with`] on the snapshotter under test.
+    pub fn snapshot_infos(&self) -> Vec<SnapshotInfo> {
+        self.snapshot_infos_with(&snapshotter())
+    }
+
+    /// Remove image REFERENCE and then every snapshot of this namespace on SNAP, leaves first.
+    pub fn remove_image_and_snapshots(&self, snap: &str, reference: &str) {
+        let _ = self.ctr(&["images", "rm", "--sync", reference]);
+        for _ in 0..20 {
+            let infos = self.snapshot_infos_with(snap);
+            if infos.is_empty() {
+                return;
+            }
+            let parents: std::collections::BTreeSet<&str> =
+                infos.iter().map(|i| i.parent.as_str()).collect();
+            for leaf in infos.iter().filter(|i| !parents.contains(i.name.as_str())) {
+                // containerd's gc may remove it first: ignore "not found"
+                let _ = self.ctr(&["snapshots", "--snapshotter", snap, "rm", &leaf.name]);
+            }
+        }
+        let left = self.snapshot_infos_with(snap);
+        assert!(left.is_empty(), "snapshots left after removal: {left:?}");
+    }
+}
