@@ -60,6 +60,8 @@ cat >"$DIR/lazysnap.toml" <<TOML
 root = "$DIR/lazysnap"
 address = "$DIR/lazysnap.sock"
 log_level = "debug"
+# Tests measure what a lazy start fetches: no background fetch here.
+background_fetch = false
 TOML
 printf '%s\n' "$BIN" serve --config "$DIR/lazysnap.toml" --root "$DIR/lazysnap" \
   --address "$DIR/lazysnap.sock" --log-level debug >"$DIR/lazysnap.cmd"

@@ -14,6 +14,8 @@
 //! cache_memory = 67108864                # hot chunks in memory, bytes
 //! insecure_registries = []               # hosts reached over plain http (loopback always is)
 //! platform = ""                          # os/arch[/variant] to pick from an index; "" = host
+//! background_fetch = true                # fetch the rest of each lazy layer in the background
+//! background_rate = 10485760             # its pace, bytes/s
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -49,6 +51,10 @@ pub struct Config {
     pub insecure_registries: Vec<String>,
     /// Platform to resolve in an index (`os/arch[/variant]`); empty = the host's.
     pub platform: String,
+    /// Fetch the rest of every lazy layer in the background after it is resolved.
+    pub background_fetch: bool,
+    /// Pace of the background fetch, bytes per second.
+    pub background_rate: u64,
 }
 
 impl Default for Config {
@@ -62,6 +68,8 @@ impl Default for Config {
             cache_memory: 64 << 20,
             insecure_registries: Vec::new(),
             platform: String::new(),
+            background_fetch: true,
+            background_rate: 10 << 20,
         }
     }
 }

@@ -121,6 +121,7 @@ fn main() -> anyhow::Result<()> {
                 cache_memory: cfg.cache_memory,
                 insecure_registries: cfg.insecure_registries.clone(),
                 platform: cfg.platform.clone(),
+                background_rate: cfg.background_fetch.then_some(cfg.background_rate),
             });
             rt.block_on(service::serve(ServeOptions {
                 root: cfg.root,

@@ -41,6 +41,8 @@ pub struct LazyOptions {
     pub insecure_registries: Vec<String>,
     /// `os/arch[/variant]` to resolve; empty = the host's.
     pub platform: String,
+    /// Background fetch pace in bytes/s; `None` = off.
+    pub background_rate: Option<u64>,
 }
 
 /// Why serving failed.
@@ -140,6 +142,7 @@ pub fn remote_context(
         rt,
         platform,
         ahead: Default::default(),
+        background_rate: l.background_rate,
     })
 }
 

@@ -3,6 +3,7 @@
 //! Must not touch tonic types or fuser; reaches the filesystem only through
 //! [`LayerMounter`].
 
+mod background;
 mod error;
 pub mod filter;
 mod implicit;

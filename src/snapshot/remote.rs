@@ -57,6 +57,9 @@ pub struct RemoteContext {
     /// Layers being (or already) resolved ahead of their Prepare, by
     /// (reference, layer digest); an entry is dropped when its Prepare takes it.
     pub ahead: Mutex<HashMap<AheadKey, Arc<OnceCell<ResolvedLayer>>>>,
+    /// Background fetch rate in bytes per second; `None` turns it off (the
+    /// landmark prefetch still runs).
+    pub background_rate: Option<u64>,
 }
 
 /// A layer whose TOC has been fetched and verified.
@@ -306,6 +309,13 @@ fn zstd_toc(compressed: &[u8], uncompressed_len: u64) -> Result<Vec<u8>, FormatE
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
 pub struct ChunkFetchError(String);
+
+impl ChunkFetchError {
+    /// An error with this message.
+    pub fn new(msg: String) -> Self {
+        ChunkFetchError(msg)
+    }
+}
 
 impl From<CacheMismatch> for ChunkFetchError {
     fn from(m: CacheMismatch) -> Self {

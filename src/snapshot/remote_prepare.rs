@@ -29,6 +29,16 @@ use crate::fs::Lower;
 use crate::oci::Digest;
 use crate::oci::labels::{self, RemoteLabels};
 
+/// A remote snapshot's lower, kept alive here (the union finds it by its
+/// layer dir), and its prefetch/background fetch task.
+#[derive(Debug)]
+pub struct RemoteLower {
+    /// The lower, only held: the union looks it up by its layer dir.
+    pub _lower: Arc<Lower>,
+    /// The fetch task, aborted when the snapshot is removed.
+    pub fetch: Option<tokio::task::AbortHandle>,
+}
+
 /// The TOC JSON of a remote snapshot, beside its (empty) layer dir.
 const TOC_FILE: &str = "toc.json";
 
@@ -133,7 +143,10 @@ impl Snapshotter {
             });
         match lower {
             Ok(lower) => {
-                self.keep_lower(rec.id, lower);
+                let task = ctx
+                    .rt
+                    .spawn(ctx.clone().background(layer.clone(), ctx.background_rate));
+                self.keep_lower(rec.id, lower, Some(task.abort_handle()));
                 info!(name, layer = %layer.digest, entries = layer.toc.entries.len(), "remote snapshot ready");
                 // containerd needs AlreadyExists to skip download and unpack.
                 Err(SnapshotError::AlreadyExists(rl.target))
@@ -154,11 +167,17 @@ impl Snapshotter {
             .join(TOC_FILE)
     }
 
-    fn keep_lower(&self, id: u64, lower: Arc<Lower>) {
+    fn keep_lower(&self, id: u64, lower: Arc<Lower>, fetch: Option<tokio::task::AbortHandle>) {
         self.remote_lowers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id, lower);
+            .insert(
+                id,
+                RemoteLower {
+                    _lower: lower,
+                    fetch,
+                },
+            );
     }
 
     /// Whether `parent` or any of its ancestors is a remote snapshot.
@@ -182,7 +201,7 @@ impl Snapshotter {
         };
         for (key, rec) in self.store.all()? {
             let Some(r) = &rec.remote else { continue };
-            let res = (|| -> Result<Arc<Lower>, String> {
+            let res = (|| -> Result<(Arc<Lower>, super::remote::ResolvedLayer), String> {
                 let json = std::fs::read(self.toc_path(rec.id)).map_err(|e| e.to_string())?;
                 let toc_digest: Digest = r.toc_digest.parse().map_err(|e| format!("{e}"))?;
                 let compression = if r.compression == "zstd" {
@@ -203,11 +222,18 @@ impl Snapshotter {
                     toc: Arc::new(toc),
                 };
                 let reader = ctx.reader(&layer);
-                Lower::remote(&self.layer_dir(rec.id), layer.toc.clone(), reader)
-                    .map_err(|e| e.to_string())
+                let lower = Lower::remote(&self.layer_dir(rec.id), layer.toc.clone(), reader)
+                    .map_err(|e| e.to_string())?;
+                Ok((lower, layer))
             })();
             match res {
-                Ok(lower) => self.keep_lower(rec.id, lower),
+                Ok((lower, layer)) => {
+                    // Resume the background fetch (cached chunks are skipped).
+                    let task = ctx
+                        .rt
+                        .spawn(ctx.clone().background(layer, ctx.background_rate));
+                    self.keep_lower(rec.id, lower, Some(task.abort_handle()));
+                }
                 Err(e) => {
                     warn!(key, error = %e, "cannot reopen remote layer; its mounts will fail")
                 }

@@ -31,9 +31,10 @@ use super::implicit::restore_implicit_dir_times;
 use super::mounter::LayerMounter;
 use super::mounts::{self, Mount};
 use super::remote::RemoteContext;
+use super::remote_prepare::RemoteLower;
 use super::store::{Info, Kind, MountMode, Record, Store, now_ns};
 use super::usage::disk_usage;
-use crate::fs::{Lower, MountSpec, MountState};
+use crate::fs::{MountSpec, MountState};
 use crate::oci::labels;
 
 /// Counts and mounts, for the Control service's Status.
@@ -59,7 +60,7 @@ pub struct Snapshotter {
     pub(super) remote: Option<Arc<RemoteContext>>,
     /// The remote lowers of committed remote snapshots, by snapshot id: the
     /// union finds them by layer dir; this map keeps them alive.
-    pub(super) remote_lowers: Mutex<HashMap<u64, Arc<Lower>>>,
+    pub(super) remote_lowers: Mutex<HashMap<u64, RemoteLower>>,
 }
 
 impl Adaptor for Info {
@@ -426,10 +427,18 @@ impl Snapshotter {
             }
             t.delete(key)
         })?;
-        self.remote_lowers
+        let gone = self
+            .remote_lowers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&rec.id);
+        if let Some(RemoteLower {
+            fetch: Some(task), ..
+        }) = gone
+        {
+            // Removing the snapshot stops its background fetch.
+            task.abort();
+        }
         self.remove_dirs(rec.id);
         info!(key, "removed");
         Ok(())
