@@ -305,6 +305,21 @@ async fn snapshots_api_end_to_end() {
         vec![l1.to_string()]
     );
     assert_eq!(d.list(&[]).await.len(), 2);
+    // With containerd's namespace header, only that namespace's snapshots.
+    for (ns, want) in [("default", 1), ("other", 0)] {
+        let mut req = tonic::Request::new(pb::ListSnapshotsRequest {
+            snapshotter: String::new(),
+            filters: vec![format!("labels.\"{REF}\"=={l2}")],
+        });
+        req.metadata_mut()
+            .insert("containerd-namespace", ns.parse().unwrap());
+        let mut stream = d.client.list(req).await.unwrap().into_inner();
+        let mut n = 0;
+        while let Some(m) = stream.message().await.unwrap() {
+            n += m.info.len();
+        }
+        assert_eq!(n, want, "namespace {ns}");
+    }
     let bad = d
         .client
         .list(pb::ListSnapshotsRequest {

@@ -216,9 +216,20 @@ impl pb::snapshots_server::Snapshots for SnapshotsService {
         &self,
         req: Request<pb::ListSnapshotsRequest>,
     ) -> Result<Response<Self::ListStream>, Status> {
+        // containerd's proxy client sends the caller's namespace; the backend
+        // keys of a namespace all start with "<ns>/". Answering a namespace
+        // with its own snapshots only keeps containerd 1.6's remote-snapshot
+        // lookup (which takes the first match) from picking another
+        // namespace's snapshot. Without the header (GC), everything is listed.
+        let ns = req
+            .metadata()
+            .get("containerd-namespace")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+            .map(str::to_string);
         let filters = req.into_inner().filters;
-        debug!(rpc = "List", filters = ?filters);
-        let infos = self.run(move |s| s.list(&filters)).await?;
+        debug!(rpc = "List", namespace = ?ns, filters = ?filters);
+        let infos = self.run(move |s| s.list(&filters, ns.as_deref())).await?;
         debug!(rpc = "List", matched = infos.len(), "ok");
         let batches: Vec<Result<pb::ListSnapshotsResponse, Status>> = infos
             .chunks(LIST_BATCH)

@@ -506,11 +506,17 @@ impl Snapshotter {
         })
     }
 
-    /// Infos matching any of `filters` (all when empty), ordered by name.
+    /// Infos matching any of `filters` (all when empty), ordered by name;
+    /// only those of `namespace` (keys starting `<namespace>/`) when given.
     ///
     /// # Errors
     /// `InvalidArgument` for a filter that does not parse.
-    pub fn list(&self, filters: &[String]) -> Result<Vec<Info>, SnapshotError> {
+    pub fn list(
+        &self,
+        filters: &[String],
+        namespace: Option<&str>,
+    ) -> Result<Vec<Info>, SnapshotError> {
+        let prefix = namespace.map(|ns| format!("{ns}/"));
         let parsed: Vec<Filter> = filters
             .iter()
             .map(|f| filter::parse(f).map_err(SnapshotError::InvalidArgument))
@@ -519,6 +525,7 @@ impl Snapshotter {
             .store
             .all()?
             .into_iter()
+            .filter(|(k, _)| prefix.as_deref().is_none_or(|p| k.starts_with(p)))
             .map(|(k, r)| r.info(&k))
             .filter(|i| filter::matches_any(&parsed, i))
             .collect())
