@@ -5,7 +5,10 @@
 #   3. push the test python image, pull it with --snapshotter lazysnap and run python in it
 #   4. show that the container's root is a fuse.lazysnap mount
 #   5. cold start (pull + run until the first output line) and warm start (image already
-#      pulled), lazysnap next to containerd's overlayfs snapshotter
+#      pulled), lazysnap next to containerd's overlayfs snapshotter, and the lazy row:
+#      test/python:esgz (eStargz, converted by ctr-remote) pulled with `ctr-remote rpull`
+#      through a logging proxy (tests/helpers/faultproxy.py), with the layer bytes the registry
+#      served during the cold start
 # Everything is stopped and unmounted on exit. DEMO_ONLY_OVERLAYFS=1 runs the overlayfs half only.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -15,8 +18,10 @@ only_overlay=${DEMO_ONLY_OVERLAYFS:-0}
 if [ "$only_overlay" = 1 ]; then scripts/setup.sh --no-build; else scripts/setup.sh; fi
 
 DIR=$(mktemp -d /tmp/lazysnap-demo.XXXXXX)
+PROXY_PID=""
 cleanup() {
   local rc=$?
+  [ -z "$PROXY_PID" ] || stop_pid "$PROXY_PID" faultproxy.py 5
   scripts/env-down.sh --rm "$DIR" || rc=1
   exit $rc
 }
@@ -26,6 +31,7 @@ trap 'exit 130' INT TERM
 if [ "$only_overlay" = 1 ]; then ENV_NO_LAZYSNAP=1 scripts/env-up.sh "$DIR"; else scripts/env-up.sh "$DIR"; fi
 . "$DIR/env"
 scripts/images.sh push "$DIR"
+[ "$only_overlay" = 1 ] || ESTARGZ_ONLY=test/python:esgz scripts/images.sh push-estargz "$DIR"
 
 IMAGE=$REGISTRY/test/python:latest
 PY='import json,sys; print(json.dumps({"ok": sys.version_info[:2]}))'
@@ -39,7 +45,7 @@ secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3fs", (b - a) / 1e9 }'; }
 # line to OUTFILE and print the time (ns) at which that line arrived.
 run_first_line() {
   local snap=$1 out=$2 id=demo-$RANDOM$RANDOM
-  ctr_ run --rm --snapshotter "$snap" "$IMAGE" "$id" python3 -c "$PY" |
+  ctr_ run --rm --snapshotter "$snap" "${3:-$IMAGE}" "$id" python3 -c "$PY" |
     { IFS= read -r line; t=$(now_ns); printf '%s\n' "$line" >"$out"; cat >/dev/null; echo "$t"; }
 }
 
@@ -48,22 +54,43 @@ run_first_line() {
 # remote snapshotter can serve layers lazily (lazysnap does not yet: it downloads them whole
 # there too, see README "Status"); ctr's own `images pull` always downloads every layer first.
 measure() {
-  local snap=$1 how=${2:-pull} t0 t1 out=$DIR/out.$1
+  local snap=$1 how=${2:-pull} image=${3:-$IMAGE} t0 t1 out=$DIR/out.$1
   # start from nothing: no image, no content, no snapshots in this namespace
-  ctr_ images rm --sync "$IMAGE" >/dev/null 2>&1 || true
+  ctr_ images rm --sync "$image" >/dev/null 2>&1 || true
   t0=$(now_ns)
   if [ "$how" = rpull ]; then
-    ctr-remote -a "$CONTAINERD_ADDRESS" -n "$NS" images rpull --plain-http --snapshotter "$snap" "$IMAGE" >/dev/null
+    ctr-remote -a "$CONTAINERD_ADDRESS" -n "$NS" images rpull --plain-http --snapshotter "$snap" "$image" >/dev/null
   else
-    ctr_ images pull --plain-http --snapshotter "$snap" "$IMAGE" >/dev/null
+    ctr_ images pull --plain-http --snapshotter "$snap" "$image" >/dev/null
   fi
-  t1=$(run_first_line "$snap" "$out")
+  t1=$(run_first_line "$snap" "$out" "$image")
   COLD=$(secs "$t0" "$t1")
   printf '[%s] python says: %s\n' "$snap" "$(cat "$out")"
   [ "$(cat "$out")" = '{"ok": [3, 11]}' ] || die "$snap: unexpected python output"
+  SERVED=""
+  if [ -n "$PROXY_PID" ] && [[ $image == *"$PROXY_ADDR"* ]]; then
+    # layer bytes the registry served (through the logging proxy) up to the first output
+    SERVED=$(jq -s --argjson layers "$LAYERS_JSON" \
+      '[.[] | select(.method == "GET") | select((.path | split("?")[0] | split("/") | last) as $d | $layers | index($d) != null) | .bytes] | add // 0' \
+      "$PROXY_LOG")
+  fi
   t0=$(now_ns)
-  t1=$(run_first_line "$snap" "$out")
+  t1=$(run_first_line "$snap" "$out" "$image")
   WARM=$(secs "$t0" "$t1")
+}
+
+# The lazy row: test/python:esgz through a logging proxy in front of the registry.
+PROXY_ADDR="" PROXY_LOG=$DIR/faultproxy.log LAYERS_JSON='[]' LAYER_TOTAL=0
+start_proxy() {
+  python3 tests/helpers/faultproxy.py --upstream "$REGISTRY" --faults log --log "$PROXY_LOG" \
+    --ready "$DIR/faultproxy.ready" >/dev/null 2>"$DIR/faultproxy.err" &
+  PROXY_PID=$!
+  wait_until 10 "faultproxy" test -s "$DIR/faultproxy.ready" || die "faultproxy did not start"
+  PROXY_ADDR=127.0.0.1:$(jq .port "$DIR/faultproxy.ready")
+  local m
+  m=$(curl -fsS -H 'Accept: application/vnd.oci.image.manifest.v1+json' "http://$REGISTRY/v2/test/python/manifests/esgz")
+  LAYERS_JSON=$(jq -c '[.layers[].digest]' <<<"$m")
+  LAYER_TOTAL=$(jq '[.layers[].size] | add' <<<"$m")
 }
 
 show_mount() {
@@ -84,23 +111,35 @@ show_mount() {
   [ "$fstype" = fuse.lazysnap ] || die "the container's rootfs is a '$fstype' mount, not fuse.lazysnap"
 }
 
-declare -A cold warm
-rows=("lazysnap pull" "lazysnap rpull" "overlayfs pull")
+declare -A cold warm served
+rows=("lazysnap pull" "lazysnap rpull" "lazysnap rpull esgz" "overlayfs pull")
 [ "$only_overlay" = 1 ] && rows=("overlayfs pull")
+[ "$only_overlay" = 1 ] || start_proxy
 for row in "${rows[@]}"; do
-  read -r s how <<<"$row"
-  measure "$s" "$how"
+  read -r s how variant <<<"$row"
+  img=$IMAGE
+  [ "${variant:-}" = esgz ] && img=$PROXY_ADDR/test/python:esgz
+  measure "$s" "$how" "$img"
   cold[$row]=$COLD
   warm[$row]=$WARM
+  served[$row]=$SERVED
   if [ "$row" = "lazysnap pull" ]; then show_mount; fi
   echo
 done
 
 echo "== start time of python3 in test/python (3 layers, $(du -sh "$(scripts/images.sh dir)/oci" | cut -f1) gzip for all test images) =="
-printf '%-30s %-28s %s\n' "snapshotter (pull command)" "cold (pull + first output)" "warm (image pulled)"
+printf '%-36s %-28s %s\n' "snapshotter (pull command)" "cold (pull + first output)" "warm (image pulled)"
 for row in "${rows[@]}"; do
-  read -r s how <<<"$row"
+  read -r s how variant <<<"$row"
   label="$s (ctr images pull)"
   [ "$how" = rpull ] && label="$s (ctr-remote rpull)"
-  printf '%-30s %-28s %s\n' "$label" "${cold[$row]}" "${warm[$row]}"
+  [ "${variant:-}" = esgz ] && label="$s (rpull, eStargz: lazy)"
+  printf '%-36s %-28s %s\n' "$label" "${cold[$row]}" "${warm[$row]}"
 done
+if [ "$only_overlay" != 1 ]; then
+  s=${served["lazysnap rpull esgz"]:-0}
+  echo
+  echo "lazy cold start of test/python:esgz: the registry served $s of $LAYER_TOTAL layer bytes" \
+    "($(awk -v a="$s" -v b="$LAYER_TOTAL" 'BEGIN { printf "%.1f", 100 * a / b }')%)," \
+    "counted by the logging proxy tests/helpers/faultproxy.py"
+fi

@@ -116,11 +116,16 @@ push_estargz() {
   CONTAINERD_ADDRESS=$(. "$envdir/env" && echo "$CONTAINERD_ADDRESS")
   exec 8>"$envdir/images.lock"
   flock 8
-  if [ -f "$envdir/images-esgz-pushed.$key" ]; then exec 8>&-; return 0; fi
-  local ns=esgz-convert entry src dst chunk m layers missing
+  # ESTARGZ_ONLY="ref ref…" limits the conversion to those targets (the demo needs one)
+  local marker=$envdir/images-esgz-pushed.$key
+  [ -z "${ESTARGZ_ONLY:-}" ] || marker=$marker.$(echo "$ESTARGZ_ONLY" | sha256sum | cut -c1-8)
+  if [ -f "$marker" ] || [ -f "$envdir/images-esgz-pushed.$key" ]; then exec 8>&-; return 0; fi
+  local ns=esgz-convert entry src dst chunk m layers missing count=0
   local -a c=(ctr -a "$CONTAINERD_ADDRESS" -n "$ns") opts
   for entry in "${ESTARGZ_IMAGES[@]}"; do
     read -r src dst chunk <<<"$entry"
+    if [ -n "${ESTARGZ_ONLY:-}" ] && [[ " $ESTARGZ_ONLY " != *" $dst "* ]]; then continue; fi
+    count=$((count + 1))
     opts=()
     [ -z "$chunk" ] || opts=(--estargz-chunk-size "$chunk")
     # content only (no unpack): ctr content fetch also records the image
@@ -135,9 +140,9 @@ push_estargz() {
     [ "$missing" = 0 ] || die "$dst: $missing of $layers layers have no stargz toc.digest annotation"
     "${c[@]}" images rm "$REGISTRY/$src" "$REGISTRY/$dst" >/dev/null 2>&1 || true
   done
-  touch "$envdir/images-esgz-pushed.$key"
+  touch "$marker"
   exec 8>&-
-  log "pushed ${#ESTARGZ_IMAGES[@]} eStargz images to $REGISTRY"
+  log "pushed $count eStargz images to $REGISTRY"
 }
 
 case ${1:-} in

@@ -51,7 +51,7 @@ step images scripts/images.sh build
 DIR=$(mktemp -d /tmp/lazysnap-test.XXXXXX)
 # pjdfstest switches to unprivileged users, who must reach the mount points below DIR.
 chmod 0755 "$DIR"
-if scripts/env-up.sh "$DIR" && scripts/images.sh push "$DIR"; then
+if scripts/env-up.sh "$DIR" && scripts/images.sh push "$DIR" && scripts/images.sh push-estargz "$DIR"; then
   results+=("env ok")
   export LAZYSNAP_TEST_ENV=$DIR
   [ $# -eq 0 ] && step pjdfstest scripts/pjdfstest.sh "$DIR"
