@@ -25,15 +25,9 @@ fn b01_dir_deleted_then_recreated_in_a_later_layer() {
 }
 
 /// B05: `.wh.data` plus a redundant `data/.wh.item`, in both orders: `data` is ENOENT.
-///
-/// Ignored: the layers are unpacked by containerd 1.6's own tar applier, which
-/// rejects both orderings ("mkparent …/data: not a directory", "convert whiteout
-/// \".wh.data\": file exists") before lazysnap sees a file — the same failure as
-/// with containerd's overlayfs snapshotter. The union side of B05 (both orderings
-/// mount, `data` is ENOENT) is tested in `fs::union` over overlay-format layer
-/// dirs; this test runs once lazysnap unpacks layers itself (lazy-pull issue).
+/// (Pulled with rpull, so lazysnap unpacks these plain layers itself:
+/// containerd 1.6's own applier rejects both orderings.)
 #[test]
-#[ignore = "containerd 1.6's applier rejects these layers; needs lazysnap's own layer applier"]
 fn b05_redundant_child_whiteouts_both_orders() {
     let t = Test::new("b05");
     for img in ["cases/b05a:t", "cases/b05b:t"] {

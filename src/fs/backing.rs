@@ -307,9 +307,11 @@ fn cname(path: &Path, name: &OsStr) -> Result<CString, FsError> {
     })
 }
 
-/// Whether an xattr name is one of overlayfs' private ones.
+/// Whether an xattr name is private to the layer format: overlayfs' own
+/// (`trusted.overlay.*`) or lazysnap's (`trusted.lazysnap.*`, e.g. the
+/// implicit-parent marker of its unpack). Never shown in the merged view.
 pub fn is_overlay_xattr(name: &[u8]) -> bool {
-    name.starts_with(OVERLAY_XATTR_PREFIX)
+    name.starts_with(OVERLAY_XATTR_PREFIX) || name.starts_with(b"trusted.lazysnap.")
 }
 
 /// `lgetxattr`: the value, or `None` when the attribute is absent.

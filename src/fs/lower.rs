@@ -210,7 +210,14 @@ impl Lower {
     /// directory's metadata from a layer below that has a real entry.
     pub fn is_implicit(&self, rel: &Path) -> bool {
         match &self.imp {
-            Imp::Local { .. } => false,
+            // lazysnap's own unpack marks the parents a layer did not name.
+            Imp::Local { .. } => backing::get_xattr(
+                &self.backing_path(rel),
+                std::ffi::OsStr::new(super::apply::IMPLICIT_XATTR),
+            )
+            .ok()
+            .flatten()
+            .is_some(),
             Imp::Remote(t) => t.is_implicit(rel),
         }
     }

@@ -39,6 +39,7 @@
 //!   upper changes only through this filesystem and lowers are immutable.
 //! - **Locks** (POSIX and `flock`) are kept by the kernel, locally.
 
+pub mod apply;
 mod backing;
 mod copyup;
 mod errno;

@@ -261,6 +261,52 @@ impl RemoteContext {
             .clone()
     }
 
+    /// The whole layer blob named by `labels` (verified against its digest)
+    /// and its media type, for layers that cannot be read lazily.
+    ///
+    /// # Errors
+    /// As [`RemoteContext::resolve_layer`].
+    pub async fn fetch_whole(&self, labels: &RemoteLabels) -> Result<(Bytes, String), RemoteError> {
+        let fail = |e: RegistryError| {
+            if e.is_unavailable() {
+                RemoteError::Unavailable {
+                    reference: labels.reference.clone(),
+                    layer: labels.layer_digest.to_string(),
+                    source: e,
+                }
+            } else {
+                RemoteError::NotLazy {
+                    reference: labels.reference.clone(),
+                    layer: labels.layer_digest.to_string(),
+                    reason: e.to_string(),
+                }
+            }
+        };
+        let reference: Reference = labels.reference.parse().map_err(fail)?;
+        let manifest = match &labels.manifest_digest {
+            Some(d) => self.client.fetch_manifest(&reference, d).await,
+            None => self.client.resolve(&reference, &self.platform).await,
+        }
+        .map_err(fail)?;
+        let media_type = manifest
+            .manifest
+            .layers()
+            .iter()
+            .find(|d| d.digest().to_string() == labels.layer_digest.as_str())
+            .map(|d| d.media_type().to_string())
+            .ok_or_else(|| RemoteError::NotLazy {
+                reference: labels.reference.clone(),
+                layer: labels.layer_digest.to_string(),
+                reason: format!("the layer is not in manifest {}", manifest.digest),
+            })?;
+        let blob = self
+            .client
+            .fetch_blob(&reference, &labels.layer_digest)
+            .await
+            .map_err(fail)?;
+        Ok((blob, media_type))
+    }
+
     /// A chunk reader for `layer`, for the union's remote lower.
     pub fn reader(self: &Arc<Self>, layer: &ResolvedLayer) -> Arc<dyn ChunkReader> {
         Arc::new(RemoteBlob {

@@ -75,8 +75,8 @@ impl Snapshotter {
                 return Err(SnapshotError::Unavailable(e.to_string()));
             }
             Err(e @ RemoteError::NotLazy { .. }) => {
-                info!(key, "{e}; containerd unpacks it");
-                return Ok(());
+                info!(key, "{e}; fetching it whole");
+                return self.unpack_whole(key, parent, map, &rl, ns);
             }
         };
         let reader = ctx.reader(&layer);
@@ -155,6 +155,89 @@ impl Snapshotter {
                 let _ = self.store.write(|t| t.delete(&name));
                 let _ =
                     std::fs::remove_dir_all(self.root.join("snapshots").join(rec.id.to_string()));
+                Err(e)
+            }
+        }
+    }
+
+    /// A layer that cannot be read lazily, in an image whose layers are
+    /// prepared with remote labels: fetched whole by lazysnap, verified, and
+    /// unpacked into a committed local snapshot (AlreadyExists), so that
+    /// containerd 1.6 does not fall back to downloading every layer above it.
+    /// If the fetch fails for another reason than the network, containerd
+    /// unpacks it itself.
+    fn unpack_whole(
+        &self,
+        key: &str,
+        parent: Option<&str>,
+        map: &BTreeMap<String, String>,
+        rl: &RemoteLabels,
+        ns: &str,
+    ) -> Result<(), SnapshotError> {
+        let Some(ctx) = &self.remote else {
+            return Ok(());
+        };
+        let name = format!("{ns}/lazysnap-local/{}", rl.target);
+        if let Some(existing) = self.store.get(&name)? {
+            return if existing.parent.as_deref() == parent {
+                Err(SnapshotError::AlreadyExists(rl.target.clone()))
+            } else {
+                Ok(())
+            };
+        }
+        let (blob, media_type) = match ctx.rt.block_on(ctx.fetch_whole(rl)) {
+            Ok(b) => b,
+            Err(e @ RemoteError::Unavailable { .. }) => {
+                return Err(SnapshotError::Unavailable(e.to_string()));
+            }
+            Err(e) => {
+                info!(key, "{e}; containerd unpacks it");
+                return Ok(());
+            }
+        };
+        let now = now_ns();
+        let mut rec_labels: BTreeMap<String, String> = map
+            .iter()
+            .filter(|(k, _)| k.starts_with(labels::INHERITED_PREFIX) || *k == labels::TARGET_REF)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        rec_labels.insert(labels::TARGET_REF.to_string(), rl.target.clone());
+        let id = self.store.write(|t| t.next_id())?;
+        let dir = self.layer_dir(id);
+        let unpacked = std::fs::create_dir_all(self.work_dir(id))
+            .map_err(|e| SnapshotError::io(&name, self.work_dir(id), e))
+            .and_then(|()| {
+                unpack(&blob, &media_type, &dir).map_err(|source| SnapshotError::Mount {
+                    key: name.clone(),
+                    source,
+                })
+            });
+        let stored = unpacked.and_then(|stats| {
+            self.store.write(|t| {
+                if t.get(&name)?.is_some() {
+                    return Err(SnapshotError::AlreadyExists(rl.target.clone()));
+                }
+                t.put(
+                    &name,
+                    &Record {
+                        id,
+                        parent: parent.map(str::to_string),
+                        kind: Kind::Committed,
+                        labels: rec_labels,
+                        created_ns: now,
+                        updated_ns: now,
+                        mount_mode: MountMode::None,
+                        remote: None,
+                    },
+                )
+            })?;
+            info!(name, layer = %rl.layer_digest, bytes = blob.len(), entries = stats.entries, "layer fetched whole and unpacked");
+            Ok(())
+        });
+        match stored {
+            Ok(()) => Err(SnapshotError::AlreadyExists(rl.target.clone())),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(self.root.join("snapshots").join(id.to_string()));
                 Err(e)
             }
         }
@@ -240,6 +323,22 @@ impl Snapshotter {
             }
         }
         Ok(())
+    }
+}
+
+/// Decompresses `blob` by its media type and applies it to `dir`.
+fn unpack(
+    blob: &[u8],
+    media_type: &str,
+    dir: &std::path::Path,
+) -> Result<crate::fs::apply::ApplyStats, crate::fs::FsError> {
+    let io = |e: std::io::Error| crate::fs::FsError::remote(format!("decompress layer: {e}"));
+    if media_type.ends_with("gzip") {
+        crate::fs::apply::apply_layer(flate2::read::MultiGzDecoder::new(blob), dir)
+    } else if media_type.ends_with("zstd") {
+        crate::fs::apply::apply_layer(zstd::stream::read::Decoder::new(blob).map_err(io)?, dir)
+    } else {
+        crate::fs::apply::apply_layer(blob, dir)
     }
 }
 
