@@ -1,0 +1,123 @@
+//! The remote-layer machinery without containerd: resolve an eStargz layer
+//! (made by ctr-remote) from remote-snapshot labels against the real local
+//! registry, check its TOC, read a file through the chunk cache, run the
+//! background fetch to completion, and the errors for an unreachable
+//! registry and a layer that is not eStargz.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use lazysnap::format::EntryKind;
+use lazysnap::oci::labels::{self, RemoteLabels};
+use lazysnap::registry::Reference;
+use lazysnap::service::{LazyOptions, remote_context};
+use lazysnap::snapshot::{RemoteContext, RemoteError};
+
+fn ctx(dir: &std::path::Path, rt: &tokio::runtime::Runtime) -> Arc<RemoteContext> {
+    let opts = LazyOptions {
+        cache_budget: 1 << 30,
+        cache_memory: 1 << 20,
+        insecure_registries: Vec::new(),
+        platform: String::new(),
+        background_rate: None,
+    };
+    Arc::new(remote_context(dir, &opts, rt.handle().clone()).unwrap())
+}
+
+/// Remote labels for layer `i` of `reference`, as `ctr-remote rpull` sends them.
+fn labels_for(
+    rt: &tokio::runtime::Runtime,
+    c: &RemoteContext,
+    reference: &str,
+    i: usize,
+) -> RemoteLabels {
+    let r: Reference = reference.parse().unwrap();
+    let resolved = rt.block_on(c.client.resolve(&r, &c.platform)).unwrap();
+    let digests: Vec<String> = resolved
+        .manifest
+        .layers()
+        .iter()
+        .map(|d| d.digest().to_string())
+        .collect();
+    let mut m = BTreeMap::new();
+    m.insert(labels::TARGET_REF.to_string(), "sha256:target".to_string());
+    m.insert(labels::STARGZ_REFERENCE.to_string(), reference.to_string());
+    m.insert(labels::STARGZ_DIGEST.to_string(), digests[i].clone());
+    m.insert(labels::STARGZ_LAYERS.to_string(), digests[i..].join(","));
+    RemoteLabels::parse(&m).unwrap().unwrap()
+}
+
+#[test]
+fn estargz_layer_resolves_reads_and_fetches_in_the_background() {
+    common::push_images();
+    common::push_estargz_images();
+    let env = common::env();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let c = ctx(dir.path(), &rt);
+    let reference = format!("{}/test/python:esgz", env.registry);
+    // Layer 1 of the python image holds python3 itself.
+    let l = labels_for(&rt, &c, &reference, 1);
+    let layer = rt.block_on(c.resolve_layer(&l)).unwrap();
+    assert_eq!(layer.digest, l.layer_digest);
+    let regs: Vec<_> = layer
+        .toc
+        .entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::Reg && e.size > 0)
+        .collect();
+    assert!(regs.len() > 50, "{} regular files", regs.len());
+    let before = c.cache.stats();
+    assert_eq!(before.fetches, 0, "resolving reads only the footer and TOC");
+
+    // Prefetch + background fetch to completion: every chunk is cached.
+    rt.block_on(c.clone().background(layer.clone(), Some(u64::MAX)));
+    rt.block_on(c.cache.flush());
+    let all: Vec<_> = layer
+        .toc
+        .entries
+        .iter()
+        .flat_map(|e| e.chunks.iter())
+        .filter_map(|ch| ch.digest.clone())
+        .collect();
+    let missing = all.iter().filter(|d| !c.cache.contains(d)).count();
+    assert_eq!(
+        missing,
+        0,
+        "{missing} of {} chunks not cached after the background fetch",
+        all.len()
+    );
+    let after = c.cache.stats();
+    assert!(after.fetches > 0);
+}
+
+#[test]
+fn unreachable_registry_is_unavailable_and_plain_layers_are_not_lazy() {
+    common::push_images();
+    let env = common::env();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let c = ctx(dir.path(), &rt);
+    // A plain gzip layer: not lazy, but fetchable whole.
+    let plain = labels_for(&rt, &c, &format!("{}/test/busybox:latest", env.registry), 0);
+    match rt.block_on(c.resolve_layer(&plain)) {
+        Err(RemoteError::NotLazy { reason, .. }) => {
+            assert!(reason.contains("toc.digest"), "{reason}")
+        }
+        other => panic!("want NotLazy, got {other:?}"),
+    }
+    let (blob, media_type) = rt.block_on(c.fetch_whole(&plain)).unwrap();
+    assert_eq!(lazysnap::oci::Digest::sha256_of(&blob), plain.layer_digest);
+    assert!(media_type.ends_with("gzip"), "{media_type}");
+    // Nothing listens on port 9 of loopback: Unavailable, naming the host.
+    let mut gone = plain.clone();
+    gone.reference = "127.0.0.1:9/test/busybox:latest".to_string();
+    match rt.block_on(c.resolve_layer(&gone)) {
+        Err(e @ RemoteError::Unavailable { .. }) => {
+            assert!(e.to_string().contains("127.0.0.1:9"), "{e}")
+        }
+        other => panic!("want Unavailable, got {other:?}"),
+    }
+}
