@@ -9,6 +9,8 @@
 //!
 //! - [`oci`]: the shared vocabulary: containerd label keys, whiteout naming.
 //! - [`config`]: the TOML config file, typed, with defaults and validation.
+//! - [`ctrd`]: the containerd client (content, images, leases, snapshots,
+//!   diff) behind `lazysnap pull`; uses only `oci` and `registry`.
 //! - [`fs`]: the union filesystem: lowers (layer dirs in overlayfs format),
 //!   the writable upper with copy-up and whiteouts, merge rules, the thin
 //!   `fuser` adapter, one errno table, mounting and unmounting.
@@ -34,6 +36,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod ctrd;
 pub mod format;
 pub mod fs;
 pub mod oci;

@@ -69,6 +69,25 @@ enum Command {
         #[command(flatten)]
         client: ClientFlags,
     },
+    /// Pull an image into containerd, unpacked on the snapshotter, lazily
+    /// where it can (as `ctr-remote images rpull`): layers the snapshotter
+    /// serves remotely are not downloaded; the others are fetched whole and
+    /// applied by containerd's Diff service.
+    Pull {
+        #[command(flatten)]
+        client: ClientFlags,
+        /// Snapshotter to unpack with.
+        #[arg(long, default_value = "lazysnap")]
+        snapshotter: String,
+        /// Platform to pick from an index, `os/arch[/variant]` (default: this host's).
+        #[arg(long)]
+        platform: Option<String>,
+        /// Reach the image's registry over plain http.
+        #[arg(long)]
+        plain_http: bool,
+        /// Image reference, e.g. `127.0.0.1:5000/test/python:esgz`.
+        reference: String,
+    },
 }
 
 fn init_logs(level: &str) {
@@ -132,6 +151,19 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(0);
         }
         Command::Status { client } => rt.block_on(status(client)),
+        Command::Pull {
+            client,
+            snapshotter,
+            platform,
+            plain_http,
+            reference,
+        } => rt.block_on(pull(PullArgs {
+            client,
+            snapshotter,
+            platform,
+            plain_http,
+            reference,
+        })),
     }
 }
 
@@ -166,4 +198,75 @@ async fn status(c: ClientFlags) -> anyhow::Result<()> {
         println!("mount:     {} {} {}", m.state, m.mountpoint, m.key);
     }
     Ok(())
+}
+
+struct PullArgs {
+    client: ClientFlags,
+    snapshotter: String,
+    platform: Option<String>,
+    plain_http: bool,
+    reference: String,
+}
+
+async fn pull(a: PullArgs) -> anyhow::Result<()> {
+    use lazysnap::ctrd::{self, Ctrd, LayerOutcome, PullOptions};
+    use lazysnap::registry::{ClientOptions, Platform, Reference, RegistryClient};
+    let started = std::time::Instant::now();
+    let reference: Reference = a.reference.parse()?;
+    let platform = match &a.platform {
+        Some(p) => p.parse::<Platform>()?,
+        None => Platform::host(),
+    };
+    let registry = RegistryClient::new(ClientOptions {
+        insecure_hosts: if a.plain_http {
+            vec![reference.registry.clone()]
+        } else {
+            Vec::new()
+        },
+        ..ClientOptions::default()
+    })?;
+    let c = &a.client;
+    let ctrd = Ctrd::connect(&c.address, &c.namespace).await?;
+    let opts = PullOptions {
+        reference,
+        snapshotter: a.snapshotter,
+        platform,
+    };
+    println!("{}: resolving", opts.reference);
+    let pulled = ctrd::pull(&ctrd, &registry, &opts, &mut |p| {
+        let what = match p.outcome {
+            LayerOutcome::Present => "present".to_string(),
+            LayerOutcome::Lazy => "lazy".to_string(),
+            LayerOutcome::Unpacked => "unpacked by the snapshotter".to_string(),
+            LayerOutcome::Fetched { bytes } => format!("fetched {}", human_bytes(bytes)),
+        };
+        let d = p.digest.as_str();
+        let short = d.get(..19).unwrap_or(d);
+        println!("layer {}/{} {short}… {what}", p.index + 1, p.count);
+    })
+    .await
+    .with_context(|| format!("pulling {}", opts.reference))?;
+    println!(
+        "{}: {} (top snapshot {}), done in {:.2}s",
+        pulled.name,
+        pulled.target,
+        pulled.chain_id,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "kB", "MB", "GB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u + 1 < UNITS.len() {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }

@@ -34,7 +34,7 @@ pub enum CtrdError {
         what: String,
         /// The registry error.
         #[source]
-        source: RegistryError,
+        source: Box<RegistryError>,
     },
     /// The image config or manifest does not make sense.
     #[error("image {reference}: {reason}")]
