@@ -216,11 +216,10 @@ impl pb::snapshots_server::Snapshots for SnapshotsService {
         &self,
         req: Request<pb::ListSnapshotsRequest>,
     ) -> Result<Response<Self::ListStream>, Status> {
-        // containerd's proxy client sends the caller's namespace; the backend
-        // keys of a namespace all start with "<ns>/". Answering a namespace
-        // with its own snapshots only keeps containerd 1.6's remote-snapshot
-        // lookup (which takes the first match) from picking another
-        // namespace's snapshot. Without the header (GC), everything is listed.
+        // When a client sends its namespace (`containerd-namespace`), it gets
+        // that namespace's snapshots only (backend keys start "<ns>/").
+        // containerd 1.6's proxy does not send it; for its remote-snapshot
+        // lookup the snapshotter orders the answer instead (`hand_out`).
         let ns = req
             .metadata()
             .get("containerd-namespace")

@@ -6,9 +6,12 @@
 //! then finds the snapshot with `List(labels."containerd.io/snapshot.ref"==<chainID>,
 //! parent==<parent>)` and `Stat`s it.
 //!
-//! Naming: `<namespace>/lazysnap-remote/<chainID>`, the namespace being the
-//! first part of containerd's backend key, so a namespace's remote snapshots
-//! are its own and removing one never touches another namespace's.
+//! Naming: `<namespace>/lazysnap-remote/<seq>/<chainID>`, with the namespace
+//! and sequence number of containerd's backend key for the Prepare: a
+//! namespace's remote snapshots are its own, removing one never touches
+//! another namespace's, and a Prepare never reuses a snapshot that
+//! containerd's garbage collector may be removing at that moment (an image
+//! removed and pulled again). containerd records which name answered.
 //!
 //! A layer that cannot be served lazily (no TOC annotation, a footer or TOC
 //! that does not parse or verify) falls back to a normal unpack, logged once
@@ -58,10 +61,11 @@ impl Snapshotter {
             return Ok(());
         };
         let ns = key.split('/').next().unwrap_or_default();
-        let name = format!("{ns}/lazysnap-remote/{}", rl.target);
+        let seq = key.split('/').nth(1).unwrap_or_default();
+        let name = format!("{ns}/lazysnap-remote/{seq}/{}", rl.target);
         if let Some(existing) = self.store.get(&name)? {
             if existing.parent.as_deref() == parent {
-                return Err(SnapshotError::AlreadyExists(rl.target));
+                return Err(self.hand_out(&rl.target, parent, &name));
             }
             warn!(
                 name,
@@ -125,7 +129,7 @@ impl Snapshotter {
             Ok(Some(rec))
         })?;
         let Some(rec) = rec else {
-            return Err(SnapshotError::AlreadyExists(rl.target));
+            return Err(self.hand_out(&rl.target, parent, &name));
         };
         let dir = self.layer_dir(rec.id);
         let made = std::fs::create_dir_all(&dir)
@@ -149,7 +153,7 @@ impl Snapshotter {
                 self.keep_lower(rec.id, lower, Some(task.abort_handle()));
                 info!(name, layer = %layer.digest, entries = layer.toc.entries.len(), "remote snapshot ready");
                 // containerd needs AlreadyExists to skip download and unpack.
-                Err(SnapshotError::AlreadyExists(rl.target))
+                Err(self.hand_out(&rl.target, parent, &name))
             }
             Err(e) => {
                 let _ = self.store.write(|t| t.delete(&name));
@@ -177,10 +181,11 @@ impl Snapshotter {
         let Some(ctx) = &self.remote else {
             return Ok(());
         };
-        let name = format!("{ns}/lazysnap-local/{}", rl.target);
+        let seq = key.split('/').nth(1).unwrap_or_default();
+        let name = format!("{ns}/lazysnap-local/{seq}/{}", rl.target);
         if let Some(existing) = self.store.get(&name)? {
             return if existing.parent.as_deref() == parent {
-                Err(SnapshotError::AlreadyExists(rl.target.clone()))
+                Err(self.hand_out(&rl.target, parent, &name))
             } else {
                 Ok(())
             };
@@ -235,12 +240,30 @@ impl Snapshotter {
             Ok(())
         });
         match stored {
-            Ok(()) => Err(SnapshotError::AlreadyExists(rl.target.clone())),
+            Ok(()) => Err(self.hand_out(&rl.target, parent, &name)),
             Err(e) => {
                 let _ = std::fs::remove_dir_all(self.root.join("snapshots").join(id.to_string()));
                 Err(e)
             }
         }
+    }
+
+    /// Remembers that `name` answers containerd's coming lookup of
+    /// (`target`, `parent`), and returns the AlreadyExists containerd needs.
+    ///
+    /// containerd 1.6 does not send the namespace on the List that follows
+    /// (the `containerd-namespace` header is absent there), and it takes the
+    /// first match; when several namespaces hold the same chain, `list` puts
+    /// the snapshot handed out last for that lookup first.
+    fn hand_out(&self, target: &str, parent: Option<&str>, name: &str) -> SnapshotError {
+        self.handed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                (target.to_string(), parent.map(str::to_string)),
+                name.to_string(),
+            );
+        SnapshotError::AlreadyExists(target.to_string())
     }
 
     fn toc_path(&self, id: u64) -> std::path::PathBuf {

@@ -61,6 +61,8 @@ pub struct Snapshotter {
     /// The remote lowers of committed remote snapshots, by snapshot id: the
     /// union finds them by layer dir; this map keeps them alive.
     pub(super) remote_lowers: Mutex<HashMap<u64, RemoteLower>>,
+    /// (target chain ID, parent) → the remote snapshot last handed out for it.
+    pub(super) handed: Mutex<HashMap<(String, Option<String>), String>>,
 }
 
 impl Adaptor for Info {
@@ -116,6 +118,7 @@ impl Snapshotter {
             mounter,
             remote,
             remote_lowers: Mutex::new(HashMap::new()),
+            handed: Mutex::new(HashMap::new()),
         };
         s.reopen_remote_layers()?;
         s.reconcile()?;
@@ -528,7 +531,21 @@ impl Snapshotter {
             .filter(|(k, _)| prefix.as_deref().is_none_or(|p| k.starts_with(p)))
             .map(|(k, r)| r.info(&k))
             .filter(|i| filter::matches_any(&parsed, i))
-            .collect())
+            .collect::<Vec<_>>())
+        .map(|mut infos| {
+            // The snapshot just handed out for a lookup comes first (see
+            // `hand_out`); the order is otherwise by name.
+            let handed = self.handed.lock().unwrap_or_else(|p| p.into_inner());
+            infos.sort_by_key(|i| {
+                let target = i
+                    .labels
+                    .get(labels::TARGET_REF)
+                    .cloned()
+                    .unwrap_or_default();
+                handed.get(&(target, i.parent.clone())) != Some(&i.name)
+            });
+            infos
+        })
     }
 
     /// `(bytes, inodes)` of the snapshot's own layer dir.
