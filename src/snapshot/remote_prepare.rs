@@ -208,6 +208,11 @@ impl Snapshotter {
             .collect();
         rec_labels.insert(labels::TARGET_REF.to_string(), rl.target.clone());
         let id = self.store.write(|t| t.next_id())?;
+        self.reserved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id);
+        let _unreserve = Unreserve(self, id);
         let dir = self.layer_dir(id);
         let unpacked = std::fs::create_dir_all(self.work_dir(id))
             .map_err(|e| SnapshotError::io(&name, self.work_dir(id), e))
@@ -346,6 +351,19 @@ impl Snapshotter {
             }
         }
         Ok(())
+    }
+}
+
+/// Releases a reserved snapshot id when the unpack ends, however it ends.
+struct Unreserve<'a>(&'a Snapshotter, u64);
+
+impl Drop for Unreserve<'_> {
+    fn drop(&mut self) {
+        self.0
+            .reserved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.1);
     }
 }
 

@@ -63,6 +63,9 @@ pub struct Snapshotter {
     pub(super) remote_lowers: Mutex<HashMap<u64, RemoteLower>>,
     /// (target chain ID, parent) → the remote snapshot last handed out for it.
     pub(super) handed: Mutex<HashMap<(String, Option<String>), String>>,
+    /// Snapshot ids whose dirs exist before their record (a layer being
+    /// unpacked by lazysnap): Cleanup leaves them alone.
+    pub(super) reserved: Mutex<std::collections::HashSet<u64>>,
 }
 
 impl Adaptor for Info {
@@ -119,6 +122,7 @@ impl Snapshotter {
             remote,
             remote_lowers: Mutex::new(HashMap::new()),
             handed: Mutex::new(HashMap::new()),
+            reserved: Mutex::new(Default::default()),
         };
         s.reopen_remote_layers()?;
         s.reconcile()?;
@@ -562,25 +566,34 @@ impl Snapshotter {
     /// # Errors
     /// `Store` on a database failure.
     pub fn cleanup(&self) -> Result<(), SnapshotError> {
-        let ids: std::collections::HashSet<u64> =
-            self.store.all()?.into_iter().map(|(_, r)| r.id).collect();
+        // List the dirs first, then read the records: a snapshot created in
+        // between has its record by then (records are written before their
+        // dirs, except for ids reserved while a layer is being unpacked).
+        let mut found = Vec::new();
         for sub in ["snapshots", "mnt"] {
             let Ok(rd) = std::fs::read_dir(self.root.join(sub)) else {
                 continue;
             };
             for e in rd.flatten() {
-                let name = e.file_name();
-                let id = name.to_str().and_then(|s| s.parse::<u64>().ok());
-                if id.is_some_and(|id| ids.contains(&id)) {
-                    continue;
+                let id = e.file_name().to_str().and_then(|s| s.parse::<u64>().ok());
+                found.push((e.path(), id));
+            }
+        }
+        let ids: std::collections::HashSet<u64> =
+            self.store.all()?.into_iter().map(|(_, r)| r.id).collect();
+        let reserved = self
+            .reserved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for (path, id) in found {
+            match id {
+                Some(id) if ids.contains(&id) || reserved.contains(&id) => {}
+                Some(id) => {
+                    info!(path = %path.display(), "removing orphaned dir");
+                    self.remove_dirs(id);
                 }
-                match id {
-                    Some(id) => {
-                        info!(path = %e.path().display(), "removing orphaned dir");
-                        self.remove_dirs(id);
-                    }
-                    None => warn!(path = %e.path().display(), "unexpected entry in state root"),
-                }
+                None => warn!(path = %path.display(), "unexpected entry in state root"),
             }
         }
         Ok(())
