@@ -9,8 +9,8 @@
 pub mod chunk;
 mod error;
 pub mod estargz;
-pub mod rfc3339;
 pub mod toc;
 
+pub use crate::oci::rfc3339;
 pub use error::FormatError;
 pub use toc::{Chunk, Compression, Entry, EntryKind, Toc};

@@ -3,5 +3,6 @@
 
 pub mod digest;
 pub mod labels;
+pub mod rfc3339;
 
 pub use digest::Digest;

@@ -84,12 +84,7 @@ impl Snapshotter {
             }
         };
         let reader = ctx.reader(&layer);
-        let mut rec_labels: BTreeMap<String, String> = map
-            .iter()
-            .filter(|(k, _)| k.starts_with(labels::INHERITED_PREFIX) || *k == labels::TARGET_REF)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        rec_labels.insert(labels::TARGET_REF.to_string(), rl.target.clone());
+        let mut rec_labels = forwarded_labels(map, &rl.target);
         rec_labels.insert(labels::REMOTE.to_string(), "remote snapshot".to_string());
         let now = now_ns();
         let remote = RemoteLayer {
@@ -105,16 +100,7 @@ impl Snapshotter {
             if t.get(&name)?.is_some() {
                 return Ok(None);
             }
-            if let Some(p) = parent {
-                let prec = t
-                    .get(p)?
-                    .ok_or_else(|| SnapshotError::NotFound(p.to_string()))?;
-                if prec.kind != Kind::Committed {
-                    return Err(SnapshotError::InvalidArgument(format!(
-                        "parent {p:?} of snapshot {key:?} is not committed"
-                    )));
-                }
-            }
+            t.check_parent(parent, key)?;
             let rec = Record {
                 id: t.next_id()?,
                 parent: parent.map(str::to_string),
@@ -201,12 +187,7 @@ impl Snapshotter {
             }
         };
         let now = now_ns();
-        let mut rec_labels: BTreeMap<String, String> = map
-            .iter()
-            .filter(|(k, _)| k.starts_with(labels::INHERITED_PREFIX) || *k == labels::TARGET_REF)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        rec_labels.insert(labels::TARGET_REF.to_string(), rl.target.clone());
+        let rec_labels = forwarded_labels(map, &rl.target);
         let id = self.store.write(|t| t.next_id())?;
         self.reserved
             .lock()
@@ -352,6 +333,18 @@ impl Snapshotter {
         }
         Ok(())
     }
+}
+
+/// The labels a snapshot made for a Prepare keeps: those containerd
+/// forwards (`containerd.io/snapshot/…`), with the target chain ID.
+fn forwarded_labels(map: &BTreeMap<String, String>, target: &str) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> = map
+        .iter()
+        .filter(|(k, _)| k.starts_with(labels::INHERITED_PREFIX))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    out.insert(labels::TARGET_REF.to_string(), target.to_string());
+    out
 }
 
 /// Releases a reserved snapshot id when the unpack ends, however it ends.

@@ -248,16 +248,7 @@ impl Snapshotter {
             if t.get(key)?.is_some() {
                 return Err(SnapshotError::AlreadyExists(key.to_string()));
             }
-            if let Some(p) = parent {
-                let prec = t
-                    .get(p)?
-                    .ok_or_else(|| SnapshotError::NotFound(p.to_string()))?;
-                if prec.kind != Kind::Committed {
-                    return Err(SnapshotError::InvalidArgument(format!(
-                        "parent {p:?} of snapshot {key:?} is not committed"
-                    )));
-                }
-            }
+            t.check_parent(parent, key)?;
             let rec = Record {
                 id: t.next_id()?,
                 parent: parent.map(str::to_string),

@@ -208,6 +208,25 @@ impl Txn<'_> {
         Ok(false)
     }
 
+    /// Checks that `parent`, the parent asked for `key`, exists and is
+    /// Committed (containerd's bolt store rules).
+    ///
+    /// # Errors
+    /// `NotFound` for a missing parent, `InvalidArgument` for one that is not
+    /// Committed, [`SnapshotError::Store`].
+    pub fn check_parent(&self, parent: Option<&str>, key: &str) -> Result<(), SnapshotError> {
+        let Some(p) = parent else { return Ok(()) };
+        let prec = self
+            .get(p)?
+            .ok_or_else(|| SnapshotError::NotFound(p.to_string()))?;
+        if prec.kind != Kind::Committed {
+            return Err(SnapshotError::InvalidArgument(format!(
+                "parent {p:?} of snapshot {key:?} is not committed"
+            )));
+        }
+        Ok(())
+    }
+
     /// Allocates a new snapshot id.
     ///
     /// # Errors

@@ -13,8 +13,9 @@ use base64::Engine as _;
 use serde::Deserialize;
 
 use crate::format::toc::clean_name;
-use crate::format::{Chunk, Compression, Entry, EntryKind, FormatError, Toc, rfc3339};
+use crate::format::{Chunk, Compression, Entry, EntryKind, FormatError, Toc};
 use crate::oci::Digest;
+use crate::oci::rfc3339;
 
 /// Largest uncompressed TOC accepted.
 pub const MAX_TOC_BYTES: u64 = 512 << 20;

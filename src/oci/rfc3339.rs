@@ -1,5 +1,5 @@
-//! RFC 3339 timestamps as eStargz and zstd:chunked TOCs write them
-//! (`2023-11-14T22:13:20Z`, optional fraction, `Z` or `±hh:mm`).
+//! RFC 3339 timestamps as eStargz and zstd:chunked TOCs and registry token
+//! responses write them (`2023-11-14T22:13:20Z`, optional fraction, `Z` or `±hh:mm`).
 
 /// Parses `s` to `(unix seconds, nanoseconds)`.
 ///
