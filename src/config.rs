@@ -16,6 +16,7 @@
 //! platform = ""                          # os/arch[/variant] to pick from an index; "" = host
 //! background_fetch = true                # fetch the rest of each lazy layer in the background
 //! background_rate = 10485760             # its pace, bytes/s
+//! hosts_dir = "/etc/containerd/certs.d"  # containerd hosts.toml (mirrors, CAs); "" = none
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -55,6 +56,9 @@ pub struct Config {
     pub background_fetch: bool,
     /// Pace of the background fetch, bytes per second.
     pub background_rate: u64,
+    /// containerd's registry host configuration dir (`<dir>/<host>/hosts.toml`:
+    /// mirrors, CAs, headers); empty = none.
+    pub hosts_dir: PathBuf,
 }
 
 impl Default for Config {
@@ -70,6 +74,7 @@ impl Default for Config {
             platform: String::new(),
             background_fetch: true,
             background_rate: 10 << 20,
+            hosts_dir: PathBuf::from("/etc/containerd/certs.d"),
         }
     }
 }

@@ -16,11 +16,12 @@ use crate::oci::Digest;
 
 use super::credentials::Credentials;
 use super::error::{RegistryError, Target};
+use super::hosts::{DEFAULT_HOSTS_DIR, Endpoint, Need};
 use super::manifest::{self, Kind, MANIFEST_ACCEPT, MAX_MANIFEST_BYTES};
 use super::range::{ByteRange, parse_content_range};
 use super::reference::{Platform, Reference};
 use super::transport::{
-    Call, Transport, check_status, content_length, network, read_limited, redact,
+    Call, Transport, check_status, content_length, http_builder, network, read_limited, redact,
 };
 
 /// How a [`RegistryClient`] connects.
@@ -33,8 +34,12 @@ pub struct ClientOptions {
     pub docker_config: Option<PathBuf>,
     /// Connect timeout, and the longest wait for the next bytes of a response.
     pub timeout: Duration,
-    /// Retries of network errors, 5xx, 429 and truncated bodies.
+    /// Retries of network errors, 5xx, 429 and truncated bodies (per endpoint).
     pub retries: u32,
+    /// containerd registry host configuration (`<dir>/<host[:port]>/hosts.toml`,
+    /// else `<dir>/_default/hosts.toml`): mirrors tried before the registry,
+    /// TLS settings, headers. Default `/etc/containerd/certs.d`; `None` = none.
+    pub hosts_dir: Option<PathBuf>,
 }
 
 impl Default for ClientOptions {
@@ -44,6 +49,7 @@ impl Default for ClientOptions {
             docker_config: None,
             timeout: Duration::from_secs(30),
             retries: 4,
+            hosts_dir: Some(PathBuf::from(DEFAULT_HOSTS_DIR)),
         }
     }
 }
@@ -63,7 +69,8 @@ pub struct Resolved {
     pub index: Option<Digest>,
 }
 
-/// (registry, repository, digest): what per-blob memory is keyed by.
+/// (registry, repository, digest): what per-blob memory is keyed by. For
+/// redirect targets the first part is the endpoint's key instead.
 type BlobKey = (String, String, Digest);
 
 /// A registry client; cheap to clone, clones share connections, tokens and
@@ -93,11 +100,7 @@ impl RegistryClient {
     ///
     /// [`RegistryError::ClientBuild`] when the TLS setup fails.
     pub fn new(opts: ClientOptions) -> Result<Self, RegistryError> {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(opts.timeout)
-            .read_timeout(opts.timeout)
-            .user_agent(concat!("lazysnap/", env!("CARGO_PKG_VERSION")))
+        let http = http_builder(opts.timeout)
             .build()
             .map_err(RegistryError::ClientBuild)?;
         let transport = Transport::new(
@@ -105,7 +108,8 @@ impl RegistryClient {
             opts.insecure_hosts,
             opts.retries,
             Credentials::new(opts.docker_config),
-        );
+        )
+        .with_hosts(opts.hosts_dir, opts.timeout);
         Ok(RegistryClient {
             inner: Arc::new(Inner {
                 transport,
@@ -117,6 +121,54 @@ impl RegistryClient {
 
     fn t(&self) -> &Transport {
         &self.inner.transport
+    }
+
+    /// Runs `op` (with retries) against each endpoint of `r`'s registry that
+    /// may serve `need`, in order, going on to the next one when an endpoint
+    /// is unavailable after retries, or a mirror has not got the content
+    /// (404, wrong digest). Endpoints that were unavailable in the last
+    /// [`super::transport::ENDPOINT_COOLDOWN`] are passed over while a later
+    /// one remains.
+    async fn across<T, F, Fut>(
+        &self,
+        r: &Reference,
+        need: Need,
+        target: &Target,
+        mut op: F,
+    ) -> Result<T, RegistryError>
+    where
+        F: FnMut(Arc<Endpoint>) -> Fut,
+        Fut: Future<Output = Result<T, RegistryError>>,
+    {
+        let eps = self.t().endpoints(r, need)?;
+        let last = eps.len() - 1;
+        let mut skipped_down = false;
+        for (i, ep) in eps.into_iter().enumerate() {
+            if i < last && self.t().is_down(&ep) {
+                skipped_down = true;
+                continue;
+            }
+            let ep = Arc::new(ep);
+            match self.t().retrying(target, || op(ep.clone())).await {
+                Ok(v) => {
+                    self.t().mark_down(&ep, false);
+                    return Ok(v);
+                }
+                Err(e) if i < last && fall_through(&e, &ep) => {
+                    if e.is_unavailable() {
+                        self.t().mark_down(&ep, true);
+                    }
+                    tracing::warn!(%target, endpoint = %ep.key(), error = %e, "trying the next registry host");
+                }
+                Err(e) => {
+                    if e.is_unavailable() && skipped_down {
+                        tracing::debug!(%target, "last host failed too; hosts passed over as down may be retried next time");
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        unreachable!("the last endpoint always returns")
     }
 
     /// Resolves a tag or digest to the image manifest for `platform`,
@@ -213,15 +265,21 @@ impl RegistryClient {
     ) -> Result<(String, Kind, Vec<u8>), RegistryError> {
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, HeaderValue::from_static(MANIFEST_ACCEPT));
-        let call = Call {
-            target,
-            reference: r,
-            method: Method::GET,
-            url: self.t().url(r, &format!("manifests/{reference}")),
-            headers,
+        let need = if reference.parse::<Digest>().is_ok() {
+            Need::Pull
+        } else {
+            Need::Resolve
         };
-        self.t()
-            .retrying(target, || async {
+        let headers = &headers;
+        self.across(r, need, target, |ep| async move {
+                let call = Call {
+                    target,
+                    reference: r,
+                    endpoint: &ep,
+                    method: Method::GET,
+                    url: ep.url(&r.repository, &format!("manifests/{reference}")),
+                    headers: headers.clone(),
+                };
                 let (resp, url) = self.t().send(&call).await?;
                 let resp = check_status(target, &url, resp).await?;
                 let content_type = header_str(&resp, CONTENT_TYPE);
@@ -253,14 +311,14 @@ impl RegistryClient {
     /// [`RegistryError::NotFound`], [`RegistryError::NoSize`], network/auth errors.
     pub async fn blob_size(&self, r: &Reference, digest: &Digest) -> Result<u64, RegistryError> {
         let target = blob_target(r, digest);
-        let url = self.t().url(r, &format!("blobs/{digest}"));
-        self.t()
-            .retrying(&target, || async {
+        let target = &target;
+        self.across(r, Need::Pull, target, |ep| async move {
                 let head = Call {
-                    target: &target,
+                    target,
                     reference: r,
+                    endpoint: &ep,
                     method: Method::HEAD,
-                    url: url.clone(),
+                    url: ep.url(&r.repository, &format!("blobs/{digest}")),
                     headers: HeaderMap::new(),
                 };
                 let (resp, final_url) = self.t().send(&head).await?;
@@ -271,14 +329,14 @@ impl RegistryClient {
                     return Ok(n);
                 }
                 if matches!(status.as_u16(), 404 | 429) || status.is_server_error() {
-                    check_status(&target, &final_url, resp).await?;
+                    check_status(target, &final_url, resp).await?;
                 }
                 tracing::debug!(%target, status = status.as_u16(), "HEAD gave no size; trying GET bytes=0-0");
                 let mut headers = identity_headers();
                 headers.insert(RANGE, HeaderValue::from_static("bytes=0-0"));
                 let get = Call { method: Method::GET, headers, ..head };
                 let (resp, final_url) = self.t().send(&get).await?;
-                let resp = check_status(&target, &final_url, resp).await?;
+                let resp = check_status(target, &final_url, resp).await?;
                 let no_size = |reason: String| RegistryError::NoSize { target: Box::new(target.clone()), reason };
                 match resp.status() {
                     StatusCode::PARTIAL_CONTENT => {
@@ -302,30 +360,30 @@ impl RegistryClient {
     /// network/auth errors after retries.
     pub async fn fetch_blob(&self, r: &Reference, digest: &Digest) -> Result<Bytes, RegistryError> {
         let target = blob_target(r, digest);
-        let call = Call {
-            target: &target,
-            reference: r,
-            method: Method::GET,
-            url: self.t().url(r, &format!("blobs/{digest}")),
-            headers: identity_headers(),
-        };
-        let bytes = self
-            .t()
-            .retrying(&target, || async {
-                let (resp, url) = self.t().send(&call).await?;
-                let resp = check_status(&target, &url, resp).await?;
-                read_limited(&target, &url, resp, u64::MAX, |_| unreachable_limit()).await
-            })
-            .await?;
-        let actual = Digest::sha256_of(&bytes);
-        if actual != *digest {
-            return Err(RegistryError::DigestMismatch {
-                target: Box::new(target),
-                expected: digest.clone(),
-                actual,
-            });
-        }
-        Ok(Bytes::from(bytes))
+        let target = &target;
+        self.across(r, Need::Pull, target, |ep| async move {
+            let call = Call {
+                target,
+                reference: r,
+                endpoint: &ep,
+                method: Method::GET,
+                url: ep.url(&r.repository, &format!("blobs/{digest}")),
+                headers: identity_headers(),
+            };
+            let (resp, url) = self.t().send(&call).await?;
+            let resp = check_status(target, &url, resp).await?;
+            let bytes = read_limited(target, &url, resp, u64::MAX, |_| unreachable_limit()).await?;
+            let actual = Digest::sha256_of(&bytes);
+            if actual != *digest {
+                return Err(RegistryError::DigestMismatch {
+                    target: Box::new(target.clone()),
+                    expected: digest.clone(),
+                    actual,
+                });
+            }
+            Ok(Bytes::from(bytes))
+        })
+        .await
     }
 
     /// Whether the registry answered a range read of this blob with the
@@ -370,14 +428,17 @@ impl RegistryClient {
             digest: digest.clone(),
             range,
         };
-        self.t()
-            .retrying(&target, || self.range_once(r, digest, range, &target))
-            .await
+        let target = &target;
+        self.across(r, Need::Pull, target, |ep| async move {
+            self.range_once(r, &ep, digest, range, target).await
+        })
+        .await
     }
 
     async fn range_once(
         &self,
         r: &Reference,
+        ep: &Endpoint,
         digest: &Digest,
         range: ByteRange,
         target: &Target,
@@ -387,12 +448,14 @@ impl RegistryClient {
             .expect("digits and '-' are a valid header value");
         headers.insert(RANGE, value);
         let key = blob_key(r, digest);
-        let registry_url = self.t().url(r, &format!("blobs/{digest}"));
-        let cached = lock(&self.inner.redirects).get(&key).cloned();
+        let redirect_key = (ep.key(), r.repository.clone(), digest.clone());
+        let registry_url = ep.url(&r.repository, &format!("blobs/{digest}"));
+        let cached = lock(&self.inner.redirects).get(&redirect_key).cloned();
         if let Some(url) = cached {
             let call = Call {
                 target,
                 reference: r,
+                endpoint: ep,
                 method: Method::GET,
                 url,
                 headers: headers.clone(),
@@ -402,18 +465,19 @@ impl RegistryClient {
                 return self.take_range(&key, target, range, &final_url, resp).await;
             }
             tracing::info!(%target, url = %redact(&final_url), status = resp.status().as_u16(), "cached redirect refused; re-resolving via the registry");
-            lock(&self.inner.redirects).remove(&key);
+            lock(&self.inner.redirects).remove(&redirect_key);
         }
         let call = Call {
             target,
             reference: r,
+            endpoint: ep,
             method: Method::GET,
             url: registry_url.clone(),
             headers,
         };
         let (resp, final_url) = self.t().send(&call).await?;
         if final_url != registry_url && resp.status().is_success() {
-            lock(&self.inner.redirects).insert(key.clone(), final_url.clone());
+            lock(&self.inner.redirects).insert(redirect_key, final_url.clone());
         }
         self.take_range(&key, target, range, &final_url, resp).await
     }
@@ -536,6 +600,17 @@ async fn read_span(
         });
     }
     Ok(out.freeze())
+}
+
+/// Whether a failure at `ep` sends the request on to the next endpoint:
+/// unavailable after retries, or a mirror without (the right) content.
+fn fall_through(e: &RegistryError, ep: &Endpoint) -> bool {
+    e.is_unavailable()
+        || (ep.mirror
+            && matches!(
+                e,
+                RegistryError::NotFound { .. } | RegistryError::DigestMismatch { .. }
+            ))
 }
 
 fn unreachable_limit() -> RegistryError {

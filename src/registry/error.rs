@@ -266,6 +266,16 @@ pub enum RegistryError {
         /// The server's Content-Range, if any.
         detail: String,
     },
+    /// A registry host configuration (containerd `hosts.toml`) that cannot be used.
+    #[error("registry host configuration {}{}: {reason}", .path.display(), key_suffix(.key))]
+    HostsConfig {
+        /// The file (or directory) at fault.
+        path: std::path::PathBuf,
+        /// The key at fault, e.g. `host."https://m".capabilities` (empty: the whole file).
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// The blob's size could not be learnt.
     #[error("{target}: no size: {reason}")]
     NoSize {
@@ -274,6 +284,14 @@ pub enum RegistryError {
         /// Why.
         reason: String,
     },
+}
+
+fn key_suffix(key: &str) -> String {
+    if key.is_empty() {
+        String::new()
+    } else {
+        format!(" key {key}")
+    }
 }
 
 fn detail_suffix(detail: &str) -> String {

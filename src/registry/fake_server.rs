@@ -97,11 +97,20 @@ impl Fake {
                     let mut first = lines.next().unwrap().split(' ');
                     let method = first.next().unwrap().to_string();
                     let path = first.next().unwrap().to_string();
-                    let headers = lines
+                    // Repeated headers are joined with ", ".
+                    let mut headers: HashMap<String, String> = HashMap::new();
+                    for (k, v) in lines
                         .take_while(|l| !l.is_empty())
                         .filter_map(|l| l.split_once(':'))
-                        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-                        .collect();
+                    {
+                        headers
+                            .entry(k.trim().to_ascii_lowercase())
+                            .and_modify(|old| {
+                                old.push_str(", ");
+                                old.push_str(v.trim());
+                            })
+                            .or_insert_with(|| v.trim().to_string());
+                    }
                     let req = Req {
                         method,
                         path,
@@ -152,6 +161,7 @@ pub(super) fn client_with(config: Option<&std::path::Path>, retries: u32) -> Reg
         ),
         timeout: Duration::from_secs(5),
         retries,
+        hosts_dir: None,
     })
     .unwrap()
 }

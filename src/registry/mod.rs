@@ -5,6 +5,7 @@
 //! - [`reference`](mod@reference): image references and platforms.
 //! - [`client`]: [`RegistryClient`], the public operations.
 //! - [`transport`]: one exchange: scheme, auth, redirects, status, retries.
+//! - [`hosts`]: containerd `hosts.toml`: mirrors, per-host TLS and headers.
 //! - [`auth`] / [`credentials`]: challenges, tokens, docker config.
 //! - [`manifest`]: media types, classification, platform selection.
 //! - [`range`]: [`ByteRange`] and `Content-Range` parsing.
@@ -14,6 +15,7 @@ pub mod auth;
 pub mod client;
 pub mod credentials;
 pub mod error;
+pub mod hosts;
 pub mod manifest;
 pub mod range;
 pub mod reference;
@@ -30,3 +32,5 @@ pub use reference::{Platform, Reference};
 mod fake_server;
 #[cfg(test)]
 mod fake_tests;
+#[cfg(test)]
+mod hosts_tests;

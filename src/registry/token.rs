@@ -9,7 +9,7 @@ use reqwest::{Response, Url};
 use super::auth::{MAX_TOKEN_BYTES, TokenResponse};
 use super::credentials::Credential;
 use super::error::{RegistryError, Target};
-use super::reference::Reference;
+use super::hosts::Endpoint;
 use super::transport::{Transport, check_status, network, read_limited};
 
 const CLIENT_ID: &str = "lazysnap";
@@ -20,7 +20,9 @@ impl Transport {
     /// credentials when there are any.
     pub(super) async fn fetch_token(
         &self,
-        r: &Reference,
+        cred_host: &str,
+        http: &reqwest::Client,
+        endpoint: &Endpoint,
         realm: &str,
         service: Option<&str>,
         scopes: &[String],
@@ -37,14 +39,15 @@ impl Transport {
             Some(p) => format!("{}:{p}", url.host_str().unwrap_or("")),
             None => url.host_str().unwrap_or("").to_string(),
         };
+        let plain_endpoint = endpoint.scheme == "http" && endpoint.host == host_port;
         if url.scheme() != "https"
-            && !(url.scheme() == "http" && self.plain_http_allowed(&host_port))
+            && !(url.scheme() == "http" && (plain_endpoint || self.plain_http_allowed(&host_port)))
         {
             return Err(bad(
                 "realm must be https (or http on loopback/insecure hosts)".into(),
             ));
         }
-        let cred = self.creds.get(&r.registry).await?;
+        let cred = self.creds.get(cred_host).await?;
         if let Some(Credential::IdentityToken { token, .. }) = &cred {
             let mut form = vec![
                 ("grant_type", "refresh_token".to_string()),
@@ -55,8 +58,7 @@ impl Transport {
             if let Some(s) = service {
                 form.push(("service", s.to_string()));
             }
-            let resp = self
-                .http
+            let resp = http
                 .post(url.clone())
                 .form(&form)
                 .send()
@@ -82,7 +84,7 @@ impl Transport {
                 q.append_pair("scope", s);
             }
         }
-        let mut req = self.http.get(url.clone());
+        let mut req = http.get(url.clone());
         if let Some(c) = &cred {
             req = req.header(AUTHORIZATION, c.basic_header());
         }

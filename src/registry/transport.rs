@@ -5,8 +5,9 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use reqwest::header::{
     AUTHORIZATION, CONTENT_LENGTH, HeaderMap, HeaderValue, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE,
@@ -16,6 +17,7 @@ use reqwest::{Method, Response, StatusCode, Url};
 use super::auth::{Challenge, TokenCache, parse_challenges, pull_scope};
 use super::credentials::Credentials;
 use super::error::{RegistryError, Target};
+use super::hosts::{Endpoint, Hosts, HostsError, Need, Tls};
 use super::reference::Reference;
 
 /// Most redirect hops followed for one request.
@@ -24,6 +26,19 @@ const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(5);
 const RETRY_AFTER_CAP: Duration = Duration::from_secs(60);
 const MAX_ERROR_BODY: u64 = 64 << 10;
+/// How long an endpoint that failed at the network level is passed over
+/// while a later one remains.
+pub const ENDPOINT_COOLDOWN: Duration = Duration::from_secs(30);
+
+/// The client settings every lazysnap HTTP client shares: no automatic
+/// redirects, connect and read timeouts, the user agent.
+pub fn http_builder(timeout: Duration) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(timeout)
+        .read_timeout(timeout)
+        .user_agent(concat!("lazysnap/", env!("CARGO_PKG_VERSION")))
+}
 
 /// The connection pool, credentials and caches a `RegistryClient` shares.
 #[derive(Debug)]
@@ -33,8 +48,16 @@ pub struct Transport {
     pub(super) retries: u32,
     pub(super) creds: Credentials,
     tokens: TokenCache,
-    /// The last challenge each API host answered with, to authorize up front.
+    /// The last challenge each endpoint host answered with, to authorize up front.
     challenges: Mutex<HashMap<String, Challenge>>,
+    /// Mirrors and servers per registry (containerd hosts.toml).
+    hosts: Hosts,
+    /// Timeout for the per-endpoint clients.
+    timeout: Duration,
+    /// Clients for endpoints with their own TLS settings.
+    clients: Mutex<HashMap<Tls, reqwest::Client>>,
+    /// Endpoints (by key) that failed at the network level, and when.
+    down: Mutex<HashMap<String, Instant>>,
 }
 
 /// One request to make.
@@ -44,6 +67,8 @@ pub struct Call<'a> {
     pub target: &'a Target,
     /// Whose registry and repository (for auth).
     pub reference: &'a Reference,
+    /// Where it goes: its origin gets Authorization and the configured headers.
+    pub endpoint: &'a Endpoint,
     /// GET or HEAD.
     pub method: Method,
     /// Where to send it first.
@@ -67,7 +92,125 @@ impl Transport {
             creds,
             tokens: TokenCache::default(),
             challenges: Mutex::new(HashMap::new()),
+            hosts: Hosts::new(None),
+            timeout: Duration::from_secs(30),
+            clients: Mutex::new(HashMap::new()),
+            down: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Reads registry host configuration from `dir` (containerd's
+    /// `config_path`); per-endpoint clients get `timeout`.
+    pub fn with_hosts(mut self, dir: Option<PathBuf>, timeout: Duration) -> Transport {
+        self.hosts = Hosts::new(dir);
+        self.timeout = timeout;
+        self
+    }
+
+    /// The endpoints to try for `r`, in order, that may serve `need`.
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::HostsConfig`] for a bad configuration or when no
+    /// endpoint has the capability.
+    pub fn endpoints(&self, r: &Reference, need: Need) -> Result<Vec<Endpoint>, RegistryError> {
+        let all = self.hosts.endpoints(r, &|h| self.plain_http_allowed(h))?;
+        let eps: Vec<Endpoint> = all
+            .iter()
+            .filter(|e| e.capabilities.allows(need))
+            .cloned()
+            .collect();
+        if eps.is_empty() {
+            return Err(HostsError {
+                path: all
+                    .iter()
+                    .find_map(|e| e.tls.source.clone())
+                    .unwrap_or_else(|| PathBuf::from("hosts.toml")),
+                key: "capabilities".into(),
+                reason: format!("no host of {} has the {need} capability", r.registry),
+            }
+            .into());
+        }
+        Ok(eps)
+    }
+
+    /// Whether `ep` failed at the network level within [`ENDPOINT_COOLDOWN`].
+    pub fn is_down(&self, ep: &Endpoint) -> bool {
+        let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        match down.get(&ep.key()) {
+            Some(t) if t.elapsed() < ENDPOINT_COOLDOWN => true,
+            Some(_) => {
+                down.remove(&ep.key());
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Records that `ep` is (`true`) or is not (`false`) failing.
+    pub fn mark_down(&self, ep: &Endpoint, is_down: bool) {
+        let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        if is_down {
+            down.insert(ep.key(), Instant::now());
+        } else {
+            down.remove(&ep.key());
+        }
+    }
+
+    /// The HTTP client for `ep`: the shared one, or one built (once per TLS
+    /// setting) with its `skip_verify`, `ca` and `client` certificates.
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::HostsConfig`] for unreadable or invalid certificate files.
+    pub fn http_for(&self, ep: &Endpoint) -> Result<reqwest::Client, RegistryError> {
+        if ep.tls.is_default() {
+            return Ok(self.http.clone());
+        }
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = clients.get(&ep.tls) {
+            return Ok(c.clone());
+        }
+        let tls = &ep.tls;
+        let source = tls.source.clone().unwrap_or_default();
+        let bad = |key: &str, reason: String| -> RegistryError {
+            HostsError {
+                path: source.clone(),
+                key: key.into(),
+                reason,
+            }
+            .into()
+        };
+        let read = |key: &str, p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| bad(key, format!("{}: {e}", p.display())))
+        };
+        let mut b = http_builder(self.timeout).danger_accept_invalid_certs(tls.skip_verify);
+        for p in &tls.ca {
+            let certs = reqwest::Certificate::from_pem_bundle(&read("ca", p)?)
+                .map_err(|e| bad("ca", format!("{}: {e}", p.display())))?;
+            if certs.is_empty() {
+                return Err(bad("ca", format!("{}: no PEM certificate", p.display())));
+            }
+            for c in certs {
+                b = b.add_root_certificate(c);
+            }
+        }
+        if let Some((cert, key)) = tls.client.first() {
+            let mut pem = read("client", cert)?;
+            if let Some(k) = key {
+                pem.push(b'\n');
+                pem.extend(read("client", k)?);
+            }
+            let id = reqwest::Identity::from_pem(&pem)
+                .map_err(|e| bad("client", format!("{}: {e}", cert.display())))?;
+            b = b.identity(id);
+            if tls.client.len() > 1 {
+                tracing::debug!(source = %source.display(), "only the first client certificate pair is used");
+            }
+        }
+        let c = b.build().map_err(RegistryError::ClientBuild)?;
+        clients.insert(tls.clone(), c.clone());
+        Ok(c)
     }
 
     /// Whether plain http may be used for `host[:port]`: loopback or listed insecure.
@@ -81,18 +224,10 @@ impl Transport {
                 .any(|h| h == host_port || h == host)
     }
 
-    /// `<scheme>://<api host>/v2/<repository>/<rest>`.
+    /// `<scheme>://<api host>/v2/<repository>/<rest>`: the registry's own
+    /// server, ignoring host configuration.
     pub fn url(&self, r: &Reference, rest: &str) -> Url {
-        let host = r.api_host();
-        let scheme = if self.plain_http_allowed(host) {
-            "http"
-        } else {
-            "https"
-        };
-        let s = format!("{scheme}://{host}/v2/{}/{rest}", r.repository);
-        // Reference validation keeps host and repository URL-safe.
-        Url::parse(&s)
-            .unwrap_or_else(|e| panic!("registry URL {s:?} from a validated reference: {e}"))
+        Endpoint::server(r, &|h| self.plain_http_allowed(h)).url(&r.repository, rest)
     }
 
     /// Sends `call`, authorizing and following redirects; returns the final
@@ -104,13 +239,16 @@ impl Transport {
     /// second 401 follows a fresh token, token endpoint failures.
     pub async fn send(&self, call: &Call<'_>) -> Result<(Response, Url), RegistryError> {
         let r = call.reference;
-        let host = r.api_host();
+        let ep = call.endpoint;
+        let host = ep.host.as_str();
+        let cred_host = ep.credential_host(r);
+        let http = self.http_for(ep)?;
         let scope = pull_scope(&r.repository);
-        let origin = self.url(r, "");
+        let origin = ep.origin();
         let mut reauthorized = false;
         loop {
-            let auth = self.authorization(call, &scope).await?;
-            let (resp, url) = self.follow(call, &origin, auth.as_ref()).await?;
+            let auth = self.authorization(call, &http, &scope).await?;
+            let (resp, url) = self.follow(call, &http, &origin, auth.as_ref()).await?;
             if resp.status() != StatusCode::UNAUTHORIZED || url.origin() != origin.origin() {
                 return Ok((resp, url));
             }
@@ -152,13 +290,13 @@ impl Transport {
                 if !all.contains(&scope) {
                     all.push(scope.clone());
                 }
-                let (token, lifetime) =
-                    self.fetch_token(r, realm, service.as_deref(), &all).await?;
+                let (token, lifetime) = self
+                    .fetch_token(cred_host, &http, ep, realm, service.as_deref(), &all)
+                    .await?;
                 self.tokens.put(host, &scope, token, lifetime);
-            } else if self.creds.get(&r.registry).await?.is_none() {
+            } else if self.creds.get(cred_host).await?.is_none() {
                 return Err(unauthorized(format!(
-                    "Basic challenge and no credentials for {} in the docker config",
-                    r.registry
+                    "Basic challenge and no credentials for {cred_host} in the docker config"
                 )));
             }
             self.lock_challenges().insert(host.to_string(), challenge);
@@ -174,10 +312,12 @@ impl Transport {
     async fn authorization(
         &self,
         call: &Call<'_>,
+        http: &reqwest::Client,
         scope: &str,
     ) -> Result<Option<HeaderValue>, RegistryError> {
-        let r = call.reference;
-        let host = r.api_host();
+        let ep = call.endpoint;
+        let host = ep.host.as_str();
+        let cred_host = ep.credential_host(call.reference);
         if let Some(t) = self.tokens.get(host, scope) {
             return Ok(HeaderValue::from_str(&format!("Bearer {t}")).ok());
         }
@@ -185,38 +325,49 @@ impl Transport {
         match known {
             Some(Challenge::Bearer { realm, service, .. }) => {
                 let (t, lifetime) = self
-                    .fetch_token(r, &realm, service.as_deref(), &[scope.to_string()])
+                    .fetch_token(
+                        cred_host,
+                        http,
+                        ep,
+                        &realm,
+                        service.as_deref(),
+                        &[scope.to_string()],
+                    )
                     .await?;
                 self.tokens.put(host, scope, t.clone(), lifetime);
                 Ok(HeaderValue::from_str(&format!("Bearer {t}")).ok())
             }
             Some(Challenge::Basic) => Ok(self
                 .creds
-                .get(&r.registry)
+                .get(cred_host)
                 .await?
                 .and_then(|c| HeaderValue::from_str(&c.basic_header()).ok())),
             None => Ok(None),
         }
     }
 
-    /// Sends, following up to [`MAX_REDIRECTS`] redirects; Authorization goes
-    /// only to the registry's own origin; other headers go everywhere.
+    /// Sends, following up to [`MAX_REDIRECTS`] redirects; Authorization and
+    /// the endpoint's configured headers go only to the endpoint's own
+    /// origin; the call's headers go everywhere.
     async fn follow(
         &self,
         call: &Call<'_>,
+        http: &reqwest::Client,
         registry: &Url,
         auth: Option<&HeaderValue>,
     ) -> Result<(Response, Url), RegistryError> {
         let mut url = call.url.clone();
         for _ in 0..=MAX_REDIRECTS {
-            let mut req = self
-                .http
+            let mut req = http
                 .request(call.method.clone(), url.clone())
                 .headers(call.headers.clone());
-            if let Some(a) = auth
-                && url.origin() == registry.origin()
-            {
-                req = req.header(AUTHORIZATION, a.clone());
+            if url.origin() == registry.origin() {
+                for (k, v) in &call.endpoint.headers {
+                    req = req.header(k.clone(), v.clone());
+                }
+                if let Some(a) = auth {
+                    req = req.header(AUTHORIZATION, a.clone());
+                }
             }
             let resp = req
                 .send()

@@ -43,6 +43,8 @@ pub struct LazyOptions {
     pub platform: String,
     /// Background fetch pace in bytes/s; `None` = off.
     pub background_rate: Option<u64>,
+    /// containerd hosts.toml dir; `None` = none.
+    pub hosts_dir: Option<PathBuf>,
 }
 
 /// Why serving failed.
@@ -120,6 +122,7 @@ pub fn remote_context(
     let setup = |what: &str, e: String| ServeError::Setup(format!("{what}: {e}"));
     let client = RegistryClient::new(ClientOptions {
         insecure_hosts: l.insecure_registries.clone(),
+        hosts_dir: l.hosts_dir.clone(),
         ..ClientOptions::default()
     })
     .map_err(|e| setup("registry client", e.to_string()))?;
