@@ -9,10 +9,17 @@
 #          `ctr-remote image convert --estargz --oci` in the environment's containerd (namespace
 #          esgz-convert) and push them as `<repo>:esgz`; checks that every layer of the pushed
 #          manifests carries containerd.io/snapshot/stargz/toc.digest; once per environment
+#   push-zstd [ENV_DIR]
+#          push (if needed), then copy the images of ZSTD_IMAGES with
+#          `skopeo copy --format oci --dest-compress-format zstd:chunked` (via a local OCI
+#          layout) to `<repo>:zstd`; checks
+#          that every layer of the pushed manifests carries a zstd-chunked manifest-checksum
+#          annotation (either key set); once per environment
 #   list   print "ref" of every image, one a line
 #   dir    print the cache directory of the current builder version
 # Images: test/busybox:latest, test/python:latest, cases/bNN:t (see scripts/testimg/build.py);
 # eStargz: test/busybox:esgz, test/python:esgz (+ variants esgz-*), cases/b10:esgz, cases/b26:esgz.
+# zstd:chunked: test/busybox:zstd, test/python:zstd.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -32,6 +39,17 @@ ESTARGZ_IMAGES=(
   "test/python:latest test/python:esgz-bad 524288"
   "test/python:latest test/python:esgz-2ns 393216"
   "test/python:latest test/python:esgz-demo 262144"
+  "test/python:latest test/python:esgz-redir 327680"
+  "test/python:latest test/python:esgz-exp 458752"
+  "test/python:latest test/python:esgz-auth 589824"
+  "test/python:latest test/python:esgz-429 655360"
+  "test/python:latest test/python:esgz-trunc 851968"
+  "test/python:latest test/python:esgz-b25 917504"
+)
+# Images copied to zstd:chunked by push-zstd: "source target".
+ZSTD_IMAGES=(
+  "test/python:latest test/python:zstd"
+  "test/busybox:latest test/busybox:zstd"
 )
 cache=$LAZYSNAP_IMAGE_CACHE/$key
 
@@ -145,11 +163,46 @@ push_estargz() {
   log "pushed $count eStargz images to $REGISTRY"
 }
 
+push_zstd() {
+  local envdir=${1:-${LAZYSNAP_TEST_ENV:-}}
+  push "$envdir"
+  local REGISTRY
+  REGISTRY=$(. "$envdir/env" && echo "$REGISTRY")
+  exec 8>"$envdir/images.lock"
+  flock 8
+  local marker=$envdir/images-zstd-pushed.$key
+  if [ -f "$marker" ]; then exec 8>&-; return 0; fi
+  local entry src dst tag m layers missing count=0
+  for entry in "${ZSTD_IMAGES[@]}"; do
+    read -r src dst <<<"$entry"
+    tag=$(jq -r --arg r "$src" '.[] | select(.ref == $r) | .tag' "$cache/images.json")
+    [ -n "$tag" ] || die "push-zstd: no image $src"
+    # Compress into a fresh local layout first: pushed straight to the registry, skopeo 1.9.3
+    # would reuse the gzip blobs already there instead of recompressing.
+    rm -rf "$envdir/zstd-oci"
+    skopeo copy -q --format oci --dest-compress-format zstd:chunked \
+      "oci:$cache/oci:$tag" "oci:$envdir/zstd-oci:$tag" >/dev/null || die "compressing $src as zstd:chunked failed"
+    skopeo copy -q --format oci --dest-tls-verify=false \
+      "oci:$envdir/zstd-oci:$tag" "docker://$REGISTRY/$dst" >/dev/null || die "pushing $dst failed"
+    rm -rf "$envdir/zstd-oci"
+    m=$(curl -fsS -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
+      "http://$REGISTRY/v2/${dst%:*}/manifests/${dst##*:}") || die "no manifest for $dst"
+    layers=$(jq '.layers | length' <<<"$m")
+    missing=$(jq '[.layers[] | select((.annotations // {}) | (has("io.github.containers.zstd-chunked.manifest-checksum") or has("io.containers.zstd-chunked.manifest-checksum")) | not)] | length' <<<"$m")
+    [ "$missing" = 0 ] || die "$dst: $missing of $layers layers have no zstd-chunked manifest-checksum annotation"
+    count=$((count + 1))
+  done
+  touch "$marker"
+  exec 8>&-
+  log "pushed $count zstd:chunked images to $REGISTRY"
+}
+
 case ${1:-} in
   build) build; echo "$cache/oci" ;;
   push) push "${2:-}" ;;
   push-estargz) push_estargz "${2:-}" ;;
+  push-zstd) push_zstd "${2:-}" ;;
   list) build; jq -r '.[].ref' "$cache/images.json" ;;
   dir) echo "$cache" ;;
-  *) die "usage: images.sh build|push [ENV_DIR]|push-estargz [ENV_DIR]|list|dir" ;;
+  *) die "usage: images.sh build|push [ENV_DIR]|push-estargz [ENV_DIR]|push-zstd [ENV_DIR]|list|dir" ;;
 esac

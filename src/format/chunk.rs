@@ -10,6 +10,10 @@ use crate::oci::Digest;
 /// `chunk.size` bytes and checks them against the chunk's digest. `name`
 /// is the file's name, for the error.
 ///
+/// A chunk with `end == offset` has no compressed bytes: it is a run of
+/// zeros (zstd:chunked `chunkType: "zeros"`), produced without looking at
+/// `span` and checked against its digest all the same.
+///
 /// # Errors
 /// [`FormatError::Decompress`] when the span is corrupt or too short;
 /// [`FormatError::ChunkDigest`] when the bytes differ from the TOC: they are
@@ -20,6 +24,11 @@ pub fn decode_verified(
     chunk: &Chunk,
     name: &str,
 ) -> Result<Vec<u8>, FormatError> {
+    if chunk.end == chunk.offset {
+        let out = vec![0u8; chunk.size as usize];
+        check_digest(&out, chunk, name)?;
+        return Ok(out);
+    }
     let want = chunk.inner_offset + chunk.size;
     let mut out = Vec::with_capacity(chunk.size as usize);
     let res = match compression {
@@ -39,8 +48,13 @@ pub fn decode_verified(
         return Err(err(format!("{} of {want} bytes", out.len())));
     }
     out.drain(..chunk.inner_offset as usize);
+    check_digest(&out, chunk, name)?;
+    Ok(out)
+}
+
+fn check_digest(out: &[u8], chunk: &Chunk, name: &str) -> Result<(), FormatError> {
     if let Some(expected) = &chunk.digest {
-        let actual = Digest::sha256_of(&out);
+        let actual = Digest::sha256_of(out);
         if &actual != expected {
             return Err(FormatError::ChunkDigest {
                 name: name.to_string(),
@@ -50,7 +64,7 @@ pub fn decode_verified(
             });
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -68,7 +82,7 @@ mod tests {
     fn chunk(inner: u64, size: u64, data: &[u8]) -> Chunk {
         Chunk {
             offset: 0,
-            end: 0,
+            end: 1,
             inner_offset: inner,
             file_offset: 0,
             size,
@@ -92,6 +106,19 @@ mod tests {
             decode_verified(Compression::Zstd, &z, &c, "f").unwrap(),
             payload
         );
+    }
+
+    #[test]
+    fn zeros_chunks_need_no_span() {
+        let mut c = chunk(0, 4096, &[0u8; 4096]);
+        (c.offset, c.end) = (77, 77);
+        assert_eq!(
+            decode_verified(Compression::Zstd, &[], &c, "f").unwrap(),
+            vec![0u8; 4096]
+        );
+        c.digest = Some(Digest::sha256_of(b"x"));
+        let e = decode_verified(Compression::Zstd, &[], &c, "f").unwrap_err();
+        assert!(matches!(e, FormatError::ChunkDigest { .. }), "{e}");
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! 1. the manifest: by the CRI label's manifest digest, else by resolving the
 //!    reference for the host platform (and the layer must be in it);
 //! 2. the layer descriptor's `containerd.io/snapshot/stargz/toc.digest`
-//!    annotation (absent ⇒ the layer is not lazily readable);
+//!    annotation, else its zstd:chunked `manifest-checksum`/`-position`
+//!    annotations (one range request for the compressed TOC, checked
+//!    before decompressing); neither ⇒ the layer is not lazily readable;
 //! 3. one range request for the blob's tail (footer, and the TOC when it fits),
 //!    a second for the TOC otherwise (FORMATS.md §1.8);
 //! 4. the TOC JSON checked against the annotation before anything is mounted;
@@ -27,7 +29,7 @@ use tracing::{debug, warn};
 
 use crate::cache::{CacheMismatch, ChunkCache};
 use crate::format::estargz::{footer, parse_toc, toc_json_from_gzip_member, verify_toc};
-use crate::format::{Compression, FormatError, Toc, chunk::decode_verified};
+use crate::format::{Compression, FormatError, Toc, chunk::decode_verified, zstd_chunked};
 use crate::fs::{ChunkReader, FsError};
 use crate::oci::Digest;
 use crate::oci::labels::{RemoteLabels, STARGZ_TOC_DIGEST};
@@ -158,13 +160,56 @@ impl RemoteContext {
             .annotations()
             .as_ref()
             .and_then(|a| a.get(STARGZ_TOC_DIGEST).cloned())
-            .or_else(|| labels.toc_digest.as_ref().map(|d| d.to_string()))
-            .ok_or_else(|| not_lazy(format!("no {STARGZ_TOC_DIGEST} annotation (not eStargz)")))?;
+            .or_else(|| labels.toc_digest.as_ref().map(|d| d.to_string()));
+        let size = desc.size();
+        let digest = labels.layer_digest.clone();
+        let Some(toc_digest) = toc_digest else {
+            // zstd:chunked (FORMATS.md §2.3): the annotations locate the
+            // compressed TOC and anchor it (sha256 of the compressed bytes);
+            // one range request, no footer.
+            let empty = HashMap::new();
+            let annotations = desc.annotations().as_ref().unwrap_or(&empty);
+            let mref = zstd_chunked::ManifestRef::from_annotations(annotations)
+                .map_err(|e| not_lazy(format!("zstd:chunked annotations: {e}")))?
+                .ok_or_else(|| {
+                    not_lazy(format!(
+                        "no {STARGZ_TOC_DIGEST} or zstd:chunked manifest-checksum annotation \
+                         (neither eStargz nor zstd:chunked)"
+                    ))
+                })?;
+            let pos = mref.position;
+            let end = pos
+                .end()
+                .filter(|&end| end <= size && pos.compressed_len > 0)
+                .ok_or_else(|| {
+                    not_lazy(format!(
+                        "zstd:chunked TOC [{}, +{}) is outside the blob of {size} bytes",
+                        pos.offset, pos.compressed_len
+                    ))
+                })?;
+            let compressed = self
+                .client
+                .read_range(&reference, &digest, pos.offset, end)
+                .await
+                .map_err(net)?;
+            let toc = zstd_chunked::open_toc(&compressed, &mref.checksum, pos.offset)
+                .map_err(|e| not_lazy(e.to_string()))?;
+            debug!(layer = %digest, entries = toc.entries.len(), "zstd:chunked TOC verified");
+            return Ok(ResolvedLayer {
+                reference,
+                digest,
+                media_type: desc.media_type().to_string(),
+                size,
+                toc_digest: mref.checksum,
+                // The compressed TOC: what the checksum covers (see `reopen_toc`).
+                toc_json: compressed.to_vec(),
+                toc_offset: pos.offset,
+                toc: Arc::new(toc),
+            });
+        };
         let toc_digest: Digest = toc_digest
             .parse()
             .map_err(|e| not_lazy(format!("{STARGZ_TOC_DIGEST}: {e}")))?;
-        let size = desc.size();
-        let digest = labels.layer_digest.clone();
 
         let tail_start = size.saturating_sub(TAIL_BYTES);
         let tail = self
@@ -318,8 +363,10 @@ impl RemoteContext {
     }
 }
 
-/// Reopens a layer from its stored TOC JSON (after a restart), checking it
-/// against the TOC digest again.
+/// Reopens a layer from its stored TOC (after a restart), checking it
+/// against the TOC digest again. What is stored tells the format: a zstd
+/// frame is a zstd:chunked compressed TOC (its digest is the manifest
+/// checksum, over the compressed bytes); anything else is eStargz TOC JSON.
 ///
 /// # Errors
 /// [`FormatError`] when the stored bytes no longer verify or parse.
@@ -329,6 +376,9 @@ pub fn reopen_toc(
     toc_offset: u64,
     compression: Compression,
 ) -> Result<Toc, FormatError> {
+    if zstd_chunked::is_zstd_frame(json) {
+        return zstd_chunked::open_toc(json, toc_digest, toc_offset);
+    }
     verify_toc(json, toc_digest)?;
     parse_toc(json, toc_offset, compression)
 }

@@ -1017,3 +1017,350 @@ impl Test {
         assert!(left.is_empty(), "snapshots left after removal: {left:?}");
     }
 }
+
+// ---- tree listings, daemon log and cache inspection (used by tests/e2e_faults.rs) ---------
+
+/// A python script that prints one line per entry below `/` (the container's mount points
+/// excluded): path, type, mode (octal, with setuid/setgid/sticky), uid, gid, size (files and
+/// symlinks), symlink target, sha256 of regular files (`ERR:<errno>` when a read fails), mtime;
+/// tab-separated. Run it with `python3 -B -c`.
+pub const TREE_LISTING_PY: &str = r#"
+import hashlib, os, stat, sys
+mounts = set()
+for l in open("/proc/self/mountinfo"):
+    mp = l.split()[4].replace("\\040", " ")
+    if mp != "/":
+        mounts.add(mp)
+mounts |= {"/proc", "/sys", "/dev"}
+out = []
+def kind(m):
+    for t, f in (("d", stat.S_ISDIR), ("f", stat.S_ISREG), ("l", stat.S_ISLNK), ("c", stat.S_ISCHR),
+                 ("b", stat.S_ISBLK), ("p", stat.S_ISFIFO), ("s", stat.S_ISSOCK)):
+        if f(m):
+            return t
+    return "?"
+def walk(d):
+    for name in sorted(os.listdir(d)):
+        p = os.path.join(d, name)
+        if p in mounts:
+            continue
+        st = os.lstat(p)
+        t = kind(st.st_mode)
+        size = str(st.st_size) if t in "fl" else ""
+        link = os.readlink(p) if t == "l" else ""
+        h = ""
+        if t == "f":
+            try:
+                hh = hashlib.sha256()
+                with open(p, "rb") as f:
+                    for b in iter(lambda: f.read(1 << 20), b""):
+                        hh.update(b)
+                h = hh.hexdigest()
+            except OSError as e:
+                h = "ERR:%d" % e.errno
+        out.append("\t".join([p, t, "%o" % stat.S_IMODE(st.st_mode), str(st.st_uid), str(st.st_gid),
+                              size, link, h, str(int(st.st_mtime))]))
+        if t == "d":
+            walk(p)
+walk("/")
+sys.stdout.write("\n".join(out) + "\n")
+"#;
+
+/// Entries the eStargz converter adds to a layer; a lazy view may show them or not.
+pub const ESTARGZ_EXTRA_ENTRIES: [&str; 3] = [
+    "/stargz.index.json",
+    "/.prefetch.landmark",
+    "/.no.prefetch.landmark",
+];
+
+/// One [`TREE_LISTING_PY`] output: path → (type, mode, uid, gid, size, link, sha256; mtime).
+pub type TreeListing = BTreeMap<String, (Vec<String>, String)>;
+
+/// Parse the output of [`TREE_LISTING_PY`].
+pub fn parse_tree_listing(text: &str) -> TreeListing {
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            assert_eq!(f.len(), 9, "listing line: {l:?}");
+            (
+                f[0].to_string(),
+                (
+                    f[1..8].iter().map(|s| s.to_string()).collect(),
+                    f[8].to_string(),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// The sha256 field of a regular file in a [`TreeListing`] (or `ERR:<errno>`).
+pub fn listing_sha<'a>(l: &'a TreeListing, path: &str) -> Option<&'a str> {
+    l.get(path).map(|(f, _)| f[6].as_str())
+}
+
+impl Test {
+    /// [`TREE_LISTING_PY`] in a new container of REFERENCE on SNAP; panics (with the daemon's
+    /// log tail) unless it exits 0.
+    pub fn tree_listing_with(&self, snap: &str, reference: &str) -> TreeListing {
+        let out = self.run_output_with(snap, reference, &["python3", "-B", "-c", TREE_LISTING_PY]);
+        assert!(
+            out.status.success(),
+            "listing in {reference} ({snap}) failed ({}): {}\n--- lazysnap log (tail) ---\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            lazysnap_log_tail(60)
+        );
+        parse_tree_listing(&String::from_utf8_lossy(&out.stdout))
+    }
+}
+
+/// The listing of test image `name` (e.g. `test/python:latest`, an ordinary gzip image)
+/// unpacked by containerd's overlayfs snapshotter, in namespace `faults-reference-overlayfs`;
+/// computed once per test process and image.
+pub fn overlayfs_reference_listing(name: &str) -> TreeListing {
+    static REFS: Mutex<BTreeMap<String, TreeListing>> = Mutex::new(BTreeMap::new());
+    let mut refs = REFS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(l) = refs.get(name) {
+        return l.clone();
+    }
+    push_images();
+    let t = Test::new("faults-reference-overlayfs");
+    let r = image_ref(name);
+    t.ctr_ok(&[
+        "images",
+        "pull",
+        "--plain-http",
+        "--snapshotter",
+        "overlayfs",
+        &r,
+    ]);
+    let l = t.tree_listing_with("overlayfs", &r);
+    refs.insert(name.to_string(), l.clone());
+    l
+}
+
+/// Differences between two listings (content and metadata; mtimes may be one second apart,
+/// eStargz TOCs round them), except [`ESTARGZ_EXTRA_ENTRIES`].
+pub fn tree_listing_differences(got: &TreeListing, want: &TreeListing) -> Vec<String> {
+    let mut diffs = Vec::new();
+    let paths: std::collections::BTreeSet<&String> = got.keys().chain(want.keys()).collect();
+    for p in paths {
+        if ESTARGZ_EXTRA_ENTRIES.contains(&p.as_str()) {
+            continue;
+        }
+        match (got.get(p), want.get(p)) {
+            (Some(g), Some(w)) if g.0 != w.0 => diffs.push(format!(
+                "{p}: got [{}] want [{}]",
+                g.0.join(" "),
+                w.0.join(" ")
+            )),
+            (Some(g), Some(w)) => {
+                let apart = match (g.1.parse::<i64>(), w.1.parse::<i64>()) {
+                    (Ok(a), Ok(b)) => (a - b).abs(),
+                    _ => i64::MAX,
+                };
+                if apart > 1 {
+                    diffs.push(format!("{p}: mtime got {} want {}", g.1, w.1));
+                }
+            }
+            (Some(g), None) => diffs.push(format!("{p}: extra [{}]", g.0.join(" "))),
+            (None, Some(w)) => diffs.push(format!("{p}: missing [{}]", w.0.join(" "))),
+            (None, None) => unreachable!(),
+        }
+    }
+    diffs
+}
+
+/// The daemon's log from byte `offset` on (see [`lazysnap_log_len`]).
+pub fn lazysnap_log_since(offset: u64) -> String {
+    let bytes = std::fs::read(&env().lazysnap_log).unwrap_or_default();
+    let from = (offset as usize).min(bytes.len());
+    String::from_utf8_lossy(&bytes[from..]).into_owned()
+}
+
+/// The daemon log's length now, to read what is logged after this point.
+pub fn lazysnap_log_len() -> u64 {
+    std::fs::metadata(&env().lazysnap_log)
+        .map(|m| m.len())
+        .unwrap_or(0)
+}
+
+/// (files, bytes) of the daemon's chunk cache directory (`$LAZYSNAP_ROOT/cache`), counted
+/// by walking it (apparent sizes of regular files).
+pub fn chunk_cache_usage() -> (u64, u64) {
+    fn walk(p: &Path, acc: &mut (u64, u64)) {
+        let Ok(rd) = std::fs::read_dir(p) else { return };
+        for e in rd.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            if m.is_dir() {
+                walk(&e.path(), acc);
+            } else if m.is_file() {
+                acc.0 += 1;
+                acc.1 += m.len();
+            }
+        }
+    }
+    let mut acc = (0, 0);
+    walk(&env().lazysnap_root.join("cache"), &mut acc);
+    acc
+}
+
+/// Seconds since the Unix epoch, as the fault proxy's log stamps requests (`t`).
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+impl ProxyRequest {
+    /// The last byte asked for (`bytes=a-b` → b), if the request had such a Range.
+    pub fn range_end(&self) -> Option<u64> {
+        self.range
+            .as_deref()?
+            .strip_prefix("bytes=")?
+            .split_once('-')?
+            .1
+            .parse()
+            .ok()
+    }
+
+    /// A 200/206 answer whose body was sent whole.
+    pub fn complete(&self) -> bool {
+        (self.status == 200 || self.status == 206) && self.bytes == self.length
+    }
+}
+
+static ZSTD_PUSHED: OnceLock<Result<(), String>> = OnceLock::new();
+
+/// Push the zstd:chunked copies of the test images (`scripts/images.sh push-zstd`:
+/// `test/python:zstd`, `test/busybox:zstd`), once.
+pub fn push_zstd_images() {
+    push_images();
+    let r = ZSTD_PUSHED.get_or_init(|| {
+        let out = Command::new(script("images.sh"))
+            .arg("push-zstd")
+            .arg(&env().dir)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("run scripts/images.sh: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "scripts/images.sh push-zstd failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    });
+    if let Err(e) = r {
+        panic!("{e}");
+    }
+}
+
+/// Every `chunkDigest` (sha256:…) of the eStargz TOCs of image `name`'s layers, read from the
+/// environment's registry (`stargz.index.json` in each layer blob), deduplicated.
+pub fn image_chunk_digests(name: &str) -> Vec<String> {
+    let (repo_, tag) = name.rsplit_once(':').expect("name:tag");
+    let py = r#"
+import io, json, sys, tarfile, urllib.request
+reg, repo, tag = sys.argv[1:4]
+def get(path, accept="*/*"):
+    req = urllib.request.Request(f"http://{reg}/v2/{repo}/{path}", headers={"Accept": accept})
+    return urllib.request.urlopen(req).read()
+m = json.loads(get(f"manifests/{tag}", "application/vnd.oci.image.manifest.v1+json"))
+out = set()
+for l in m["layers"]:
+    t = tarfile.open(fileobj=io.BytesIO(get("blobs/" + l["digest"])))
+    toc = json.load(t.extractfile("stargz.index.json"))
+    out |= {e["chunkDigest"] for e in toc["entries"] if e.get("chunkDigest")}
+print("\n".join(sorted(out)))
+"#;
+    let out = Command::new("python3")
+        .args(["-c", py, &env().registry, repo_, tag])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "reading the TOCs of {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| l.to_string())
+        .collect()
+}
+
+/// How many of `digests` (sha256:…) the daemon's disk chunk cache holds
+/// (`$LAZYSNAP_ROOT/cache/<2 hex>/<hex>`), and their bytes on disk.
+pub fn cached_chunks(digests: &[String]) -> (u64, u64) {
+    let root = env().lazysnap_root.join("cache");
+    let mut acc = (0, 0);
+    for d in digests {
+        let hex = d.strip_prefix("sha256:").unwrap_or(d);
+        if hex.len() < 2 {
+            continue;
+        }
+        if let Ok(m) = std::fs::metadata(root.join(&hex[..2]).join(hex)) {
+            acc.0 += 1;
+            acc.1 += m.len();
+        }
+    }
+    acc
+}
+
+impl Test {
+    /// Stop the daemon (`env-lazysnap.sh stop`), run `between` while it is down, start it
+    /// again and wait until it answers. Needs [`Test::exclusive`].
+    pub fn restart_daemon_with(&self, between: impl FnOnce()) {
+        assert!(
+            matches!(self._guard, Guard::Exclusive(_)),
+            "restart_daemon_with needs Test::exclusive"
+        );
+        {
+            let action = "stop";
+            let out = Command::new(script("env-lazysnap.sh"))
+                .arg(&env().dir)
+                .arg(action)
+                .stdin(Stdio::null())
+                .output()
+                .expect("run scripts/env-lazysnap.sh");
+            assert!(
+                out.status.success(),
+                "env-lazysnap.sh {action} failed:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        between();
+        let out = Command::new(script("env-lazysnap.sh"))
+            .arg(&env().dir)
+            .arg("start")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run scripts/env-lazysnap.sh");
+        assert!(
+            out.status.success(),
+            "env-lazysnap.sh start failed:\n{}{}\n--- lazysnap log (tail) ---\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            lazysnap_log_tail(40)
+        );
+    }
+}
+
+/// Delete `digests` (sha256:…) from the daemon's disk chunk cache; returns how many were
+/// there. Only while the daemon is stopped (see [`Test::restart_daemon_with`]).
+pub fn delete_cached_chunks(digests: &[String]) -> u64 {
+    let root = env().lazysnap_root.join("cache");
+    let mut n = 0;
+    for d in digests {
+        let hex = d.strip_prefix("sha256:").unwrap_or(d);
+        if hex.len() >= 2 && std::fs::remove_file(root.join(&hex[..2]).join(hex)).is_ok() {
+            n += 1;
+        }
+    }
+    n
+}
