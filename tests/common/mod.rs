@@ -968,10 +968,14 @@ impl Test {
                 continue;
             };
             let out = self.ctr(&["snapshots", "--snapshotter", snap, "info", key]);
-            if !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not found") {
-                continue; // removed (by containerd's gc) since the ls
+            if !out.status.success() {
+                let err = String::from_utf8_lossy(&out.stderr);
+                if err.contains("not found") {
+                    continue; // removed (by containerd's gc) since the ls
+                }
+                panic!("ctr snapshots info {key}: {err}");
             }
-            let text = self.ctr_ok(&["snapshots", "--snapshotter", snap, "info", key]);
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
             let v: serde_json::Value = serde_json::from_str(&text)
                 .unwrap_or_else(|e| panic!("ctr snapshots info {key}: {e}: {text}"));
             let labels = v["Labels"]

@@ -194,6 +194,9 @@ class ProxyHandler(Base):
         return resp, data
 
     def handle_any(self):
+        # A keep-alive connection may carry a /token request and then registry requests:
+        # the log label is per request (token() sets "token").
+        self.server_name_ = ProxyHandler.server_name_
         st = self.state
         faults = st.faults
         url = urllib.parse.urlsplit(self.path)
@@ -320,14 +323,26 @@ class ObjectHandler(Base):
             return self.error(404, "NoSuchKey", "no such object")
         rest = url.path[len("/o/"):]
         name, _, digest = rest.rpartition("/")
+        rng = self.headers.get("Range")
         conn = http.client.HTTPConnection(st.upstream, timeout=120)
-        conn.request("GET", f"/v2/{name}/blobs/{digest}")
+        # Ask the registry for the range only (not the whole blob once per chunk read); a
+        # single `bytes=a-b` it answers 206 is relayed as is, anything else is cut here.
+        conn.request("GET", f"/v2/{name}/blobs/{digest}",
+                     headers={"Range": rng} if rng and rng.startswith("bytes=")
+                     and "," not in rng else {})
         resp = conn.getresponse()
         data = resp.read()
         conn.close()
+        if resp.status == 206 and resp.getheader("Content-Range"):
+            return self.send_body(206, [("Content-Type", "application/octet-stream"),
+                                        ("Content-Range", resp.getheader("Content-Range"))],
+                                  data)
+        if resp.status == 416:
+            return self.send_body(416, [("Content-Range",
+                                         resp.getheader("Content-Range") or "bytes */0")], b"")
         if resp.status != 200:
             return self.error(404, "NoSuchKey", f"upstream {resp.status}")
-        r = parse_range(self.headers.get("Range"), len(data))
+        r = parse_range(rng, len(data))
         if r is None:
             return self.send_body(200, [("Content-Type", "application/octet-stream"),
                                         ("Accept-Ranges", "bytes")], data)
