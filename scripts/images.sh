@@ -150,7 +150,14 @@ push_estargz() {
     "${c[@]}" content fetch --plain-http "$REGISTRY/$src" >/dev/null || die "fetching $src failed"
     ctr-remote -a "$CONTAINERD_ADDRESS" -n "$ns" image convert --estargz --oci "${opts[@]}" \
       "$REGISTRY/$src" "$REGISTRY/$dst" >/dev/null || die "converting $src to eStargz failed"
-    "${c[@]}" images push --plain-http "$REGISTRY/$dst" >/dev/null || die "pushing $dst failed"
+    # containerd's push to docker-registry now and then ends in "unexpected EOF": retry.
+    local try
+    for try in 1 2 3; do
+      "${c[@]}" images push --plain-http "$REGISTRY/$dst" >/dev/null && break
+      [ "$try" = 3 ] && die "pushing $dst failed"
+      log "pushing $dst failed (try $try); again"
+      sleep 1
+    done
     m=$(curl -fsS -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
       "http://$REGISTRY/v2/${dst%:*}/manifests/${dst##*:}") || die "no manifest for $dst"
     layers=$(jq '.layers | length' <<<"$m")
