@@ -742,6 +742,17 @@ fn b25_removed_image_is_not_fetched_any_more() {
     for l in errors.iter().take(10) {
         eprintln!("  {l}");
     }
+    // The chunks only this image has leave the cache with its snapshots; chunks shared
+    // with live layers (test/python:esgz's small files) stay.
+    assert!(
+        mine1.1.0 > 0,
+        "B25: none of the image's own chunks were cached while it ran"
+    );
+    assert_eq!(
+        mine2.1.0, 0,
+        "B25: {} of the removed image's own chunks are still cached 10 s after removal",
+        mine2.1.0
+    );
     for chain in &info.chain_ids {
         assert!(
             removed.iter().any(|l| l.contains(chain.as_str())),

@@ -122,3 +122,71 @@ fn unreachable_registry_is_unavailable_and_plain_layers_are_not_lazy() {
         other => panic!("want Unavailable, got {other:?}"),
     }
 }
+
+/// `Mounts` of a container over a remote layer answers Unavailable, naming the
+/// layer, once the layer's registry is gone and a read failed; reads that
+/// still work (cached chunks) stay served.
+#[test]
+fn mounts_are_unavailable_when_a_remote_layer_cannot_be_read() {
+    use lazysnap::snapshot::{FuseMounter, LayerMounter, SnapshotError, Snapshotter};
+
+    common::push_images();
+    common::push_estargz_images();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let mut proxy = common::FaultProxy::start("log", &[]);
+    let reference = proxy.reference("test/busybox:esgz");
+    let c = ctx(&root, &rt);
+    let l = labels_for(&rt, &c, &reference, 0);
+    let mounter: Arc<dyn LayerMounter> = Arc::new(FuseMounter::new(rt.handle().clone()));
+    let s = Snapshotter::open(&root, mounter, Some(c.clone())).unwrap();
+    let key = "ns/1/extract-1 sha256:target";
+    let mut m = BTreeMap::new();
+    m.insert(labels::TARGET_REF.to_string(), "sha256:target".to_string());
+    m.insert(labels::STARGZ_REFERENCE.to_string(), reference.clone());
+    m.insert(
+        labels::STARGZ_DIGEST.to_string(),
+        l.layer_digest.to_string(),
+    );
+    match s.prepare(key, None, m) {
+        Err(SnapshotError::AlreadyExists(t)) => assert_eq!(t, "sha256:target"),
+        other => panic!("want AlreadyExists for a lazy layer, got {other:?}"),
+    }
+    let name = s.list(&[], None).unwrap().into_iter().next().unwrap().name;
+    let mounts = s
+        .prepare("ns/2/container", Some(&name), BTreeMap::new())
+        .unwrap();
+    let mp = std::path::PathBuf::from(&mounts[0].source);
+    let _sweep = Sweep(mp.clone());
+    // A read while the registry answers.
+    assert!(std::fs::read(mp.join("bin/busybox")).unwrap().len() > 100_000);
+    assert!(s.mounts("ns/2/container").is_ok());
+    // The registry goes away; a file not read yet fails with EIO, and Mounts says why.
+    proxy.stop();
+    let unread = ["etc/passwd", "etc/group", "etc/hostname"]
+        .iter()
+        .map(|p| mp.join(p))
+        .find(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.len() > 0));
+    let unread = unread.expect("a small file in busybox:esgz");
+    let err = std::fs::read(&unread).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    match s.mounts("ns/2/container") {
+        Err(SnapshotError::Unavailable(why)) => {
+            assert!(why.contains(l.layer_digest.as_str()), "{why}")
+        }
+        other => panic!("want Unavailable, got {other:?}"),
+    }
+    // What was read before is still served.
+    assert!(std::fs::read(mp.join("bin/busybox")).is_ok());
+    s.remove("ns/2/container").unwrap();
+}
+
+/// Lazily unmounts a test's mount point whatever happens.
+struct Sweep(std::path::PathBuf);
+
+impl Drop for Sweep {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}

@@ -353,13 +353,22 @@ impl RemoteContext {
     }
 
     /// A chunk reader for `layer`, for the union's remote lower.
-    pub fn reader(self: &Arc<Self>, layer: &ResolvedLayer) -> Arc<dyn ChunkReader> {
-        Arc::new(RemoteBlob {
+    ///
+    /// The returned [`LayerHealth`] tells whether the layer's last chunk read
+    /// failed (and why), for `Mounts` to refuse a union that can't be read.
+    pub fn reader(
+        self: &Arc<Self>,
+        layer: &ResolvedLayer,
+    ) -> (Arc<dyn ChunkReader>, Arc<LayerHealth>) {
+        let health = Arc::new(LayerHealth::default());
+        let reader = Arc::new(RemoteBlob {
             ctx: self.clone(),
             reference: layer.reference.clone(),
             digest: layer.digest.clone(),
             toc: layer.toc.clone(),
-        })
+            health: health.clone(),
+        });
+        (reader, health)
     }
 }
 
@@ -426,6 +435,23 @@ struct RemoteBlob {
     reference: Reference,
     digest: Digest,
     toc: Arc<Toc>,
+    health: Arc<LayerHealth>,
+}
+
+/// Whether a remote layer can currently be read: the error of its last
+/// chunk read when that failed, cleared by the next read that succeeds.
+#[derive(Debug, Default)]
+pub struct LayerHealth(Mutex<Option<String>>);
+
+impl LayerHealth {
+    /// The last read's error, when it failed.
+    pub fn failure(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn record(&self, failure: Option<String>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = failure;
+    }
 }
 
 impl RemoteBlob {
@@ -474,9 +500,12 @@ impl ChunkReader for RemoteBlob {
                 e.name
             )));
         };
-        self.ctx
+        let out = self
+            .ctx
             .rt
             .block_on(self.ctx.cache.get_or_fetch(&key, self.fetch(entry, chunk)))
-            .map_err(|err| FsError::remote(format!("{}: {err}", e.name)))
+            .map_err(|err| format!("{}: {err}", e.name));
+        self.health.record(out.as_ref().err().cloned());
+        out.map_err(FsError::remote)
     }
 }

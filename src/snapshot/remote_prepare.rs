@@ -40,6 +40,10 @@ pub struct RemoteLower {
     pub _lower: Arc<Lower>,
     /// The fetch task, aborted when the snapshot is removed.
     pub fetch: Option<tokio::task::AbortHandle>,
+    /// The layer's TOC: which chunks it owns in the cache.
+    pub toc: Arc<crate::format::Toc>,
+    /// The layer digest and whether its last read failed.
+    pub health: (Digest, Arc<super::remote::LayerHealth>),
 }
 
 /// The TOC JSON of a remote snapshot, beside its (empty) layer dir.
@@ -83,7 +87,7 @@ impl Snapshotter {
                 return self.unpack_whole(key, parent, map, &rl, ns);
             }
         };
-        let reader = ctx.reader(&layer);
+        let (reader, health) = ctx.reader(&layer);
         let mut rec_labels = forwarded_labels(map, &rl.target);
         rec_labels.insert(labels::REMOTE.to_string(), "remote snapshot".to_string());
         let now = now_ns();
@@ -136,7 +140,13 @@ impl Snapshotter {
                 let task = ctx
                     .rt
                     .spawn(ctx.clone().background(layer.clone(), ctx.background_rate));
-                self.keep_lower(rec.id, lower, Some(task.abort_handle()));
+                self.keep_lower(
+                    rec.id,
+                    lower,
+                    layer.toc.clone(),
+                    (layer.digest.clone(), health),
+                    Some(task.abort_handle()),
+                );
                 info!(name, layer = %layer.digest, entries = layer.toc.entries.len(), "remote snapshot ready");
                 // containerd needs AlreadyExists to skip download and unpack.
                 Err(self.hand_out(&rl.target, parent, &name))
@@ -259,7 +269,14 @@ impl Snapshotter {
             .join(TOC_FILE)
     }
 
-    fn keep_lower(&self, id: u64, lower: Arc<Lower>, fetch: Option<tokio::task::AbortHandle>) {
+    fn keep_lower(
+        &self,
+        id: u64,
+        lower: Arc<Lower>,
+        toc: Arc<crate::format::Toc>,
+        health: (Digest, Arc<super::remote::LayerHealth>),
+        fetch: Option<tokio::task::AbortHandle>,
+    ) {
         self.remote_lowers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -268,8 +285,78 @@ impl Snapshotter {
                 RemoteLower {
                     _lower: lower,
                     fetch,
+                    toc,
+                    health,
                 },
             );
+    }
+
+    /// After the remote snapshot `id` is removed: stops its fetch task and
+    /// drops from the chunk cache the chunks no other live remote layer has
+    /// (a chunk shared with a layer still in use stays; field case B25).
+    pub(super) fn forget_remote(&self, id: u64) {
+        let mut lowers = self.remote_lowers.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(gone) = lowers.remove(&id) else {
+            return;
+        };
+        if let Some(task) = gone.fetch {
+            task.abort();
+        }
+        let Some(ctx) = &self.remote else { return };
+        let live: std::collections::HashSet<&Digest> = lowers
+            .values()
+            .flat_map(|l| l.toc.entries.iter())
+            .flat_map(|e| e.chunks.iter())
+            .filter_map(|c| c.digest.as_ref())
+            .collect();
+        let mut freed = 0usize;
+        for d in gone
+            .toc
+            .entries
+            .iter()
+            .flat_map(|e| e.chunks.iter())
+            .filter_map(|c| c.digest.as_ref())
+        {
+            if !live.contains(d) && ctx.cache.contains(d) {
+                ctx.cache.remove(d);
+                freed += 1;
+            }
+        }
+        info!(
+            id,
+            chunks = freed,
+            "dropped the removed layer's own chunks from the cache"
+        );
+    }
+
+    /// `Unavailable`, naming the layer, when a remote layer below `parent`
+    /// failed its last read (its registry is gone, or its bytes don't verify):
+    /// containerd then gets an error instead of a root that returns EIO.
+    pub(super) fn check_remote_health(&self, parent: Option<&str>) -> Result<(), SnapshotError> {
+        let mut next = parent.map(str::to_string);
+        while let Some(k) = next {
+            let rec = self.get(&k)?;
+            if rec.remote.is_some() {
+                let lowers = self.remote_lowers.lock().unwrap_or_else(|p| p.into_inner());
+                match lowers.get(&rec.id) {
+                    None => {
+                        return Err(SnapshotError::Unavailable(format!(
+                            "remote layer of snapshot {k:?} is not open (see the log of the daemon's start)"
+                        )));
+                    }
+                    Some(l) => {
+                        if let Some(why) = l.health.1.failure() {
+                            return Err(SnapshotError::Unavailable(format!(
+                                "remote layer {} cannot be read: {why}",
+                                l.health.0
+                            )));
+                        }
+                    }
+                }
+            }
+            next = rec.parent;
+        }
+        Ok(())
     }
 
     /// Whether `parent` or any of its ancestors is a remote snapshot.
@@ -293,7 +380,12 @@ impl Snapshotter {
         };
         for (key, rec) in self.store.all()? {
             let Some(r) = &rec.remote else { continue };
-            let res = (|| -> Result<(Arc<Lower>, super::remote::ResolvedLayer), String> {
+            type Reopened = (
+                Arc<Lower>,
+                super::remote::ResolvedLayer,
+                Arc<super::remote::LayerHealth>,
+            );
+            let res = (|| -> Result<Reopened, String> {
                 let json = std::fs::read(self.toc_path(rec.id)).map_err(|e| e.to_string())?;
                 let toc_digest: Digest = r.toc_digest.parse().map_err(|e| format!("{e}"))?;
                 let compression = if r.compression == "zstd" {
@@ -313,18 +405,25 @@ impl Snapshotter {
                     toc_offset: r.toc_offset,
                     toc: Arc::new(toc),
                 };
-                let reader = ctx.reader(&layer);
+                let (reader, health) = ctx.reader(&layer);
                 let lower = Lower::remote(&self.layer_dir(rec.id), layer.toc.clone(), reader)
                     .map_err(|e| e.to_string())?;
-                Ok((lower, layer))
+                Ok((lower, layer, health))
             })();
             match res {
-                Ok((lower, layer)) => {
+                Ok((lower, layer, health)) => {
                     // Resume the background fetch (cached chunks are skipped).
+                    let (toc, digest) = (layer.toc.clone(), layer.digest.clone());
                     let task = ctx
                         .rt
                         .spawn(ctx.clone().background(layer, ctx.background_rate));
-                    self.keep_lower(rec.id, lower, Some(task.abort_handle()));
+                    self.keep_lower(
+                        rec.id,
+                        lower,
+                        toc,
+                        (digest, health),
+                        Some(task.abort_handle()),
+                    );
                 }
                 Err(e) => {
                     warn!(key, error = %e, "cannot reopen remote layer; its mounts will fail")

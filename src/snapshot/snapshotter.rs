@@ -321,6 +321,7 @@ impl Snapshotter {
                 reason: "is committed, not active or view: it has no mounts".to_string(),
             });
         }
+        self.check_remote_health(rec.parent.as_deref())?;
         self.mounts_of(&rec)
     }
 
@@ -425,18 +426,8 @@ impl Snapshotter {
             }
             t.delete(key)
         })?;
-        let gone = self
-            .remote_lowers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&rec.id);
-        if let Some(RemoteLower {
-            fetch: Some(task), ..
-        }) = gone
-        {
-            // Removing the snapshot stops its background fetch.
-            task.abort();
-        }
+        // Removing the snapshot stops its background fetch and frees its chunks.
+        self.forget_remote(rec.id);
         self.remove_dirs(rec.id);
         info!(key, "removed");
         Ok(())
