@@ -25,7 +25,9 @@ set -euo pipefail
 
 here=$LAZYSNAP_REPO/scripts
 key=$(cat "$here/images.sh" "$here/testimg/build.py" "$here/testimg/tk.py" "$here/testimg/index.py" | sha256sum | cut -c1-16)
-# Images converted to eStargz by push-estargz: "source target [chunk size]". The python
+# Images converted to eStargz by push-estargz: "source target [chunk size | optimize]";
+# "optimize" runs `ctr-remote image optimize`, which runs python once and puts the files it
+# read before the layers' .prefetch.landmark. The python
 # variants differ only in their chunk size, so that their layer blobs differ: tests that count
 # the bytes the registry serves each use their own variant and do not see another test's
 # (or their own earlier) reads served from lazysnap's cache.
@@ -45,6 +47,7 @@ ESTARGZ_IMAGES=(
   "test/python:latest test/python:esgz-429 655360"
   "test/python:latest test/python:esgz-trunc 851968"
   "test/python:latest test/python:esgz-b25 917504"
+  "test/python:latest test/python:esgz-opt optimize"
 )
 # Images copied to zstd:chunked by push-zstd: "source target".
 ZSTD_IMAGES=(
@@ -145,11 +148,17 @@ push_estargz() {
     if [ -n "${ESTARGZ_ONLY:-}" ] && [[ " $ESTARGZ_ONLY " != *" $dst "* ]]; then continue; fi
     count=$((count + 1))
     opts=()
-    [ -z "$chunk" ] || opts=(--estargz-chunk-size "$chunk")
+    [ -z "$chunk" ] || [ "$chunk" = optimize ] || opts=(--estargz-chunk-size "$chunk")
     # content only (no unpack): ctr content fetch also records the image
     "${c[@]}" content fetch --plain-http "$REGISTRY/$src" >/dev/null || die "fetching $src failed"
-    ctr-remote -a "$CONTAINERD_ADDRESS" -n "$ns" image convert --estargz --oci "${opts[@]}" \
-      "$REGISTRY/$src" "$REGISTRY/$dst" >/dev/null || die "converting $src to eStargz failed"
+    if [ "$chunk" = optimize ]; then
+      ctr-remote -a "$CONTAINERD_ADDRESS" -n "$ns" image optimize --oci --period=5 \
+        --entrypoint='[ "python3", "-c", "import json, email, http.client; print(1)" ]' \
+        "$REGISTRY/$src" "$REGISTRY/$dst" >/dev/null 2>&1 || die "optimizing $src failed"
+    else
+      ctr-remote -a "$CONTAINERD_ADDRESS" -n "$ns" image convert --estargz --oci "${opts[@]}" \
+        "$REGISTRY/$src" "$REGISTRY/$dst" >/dev/null || die "converting $src to eStargz failed"
+    fi
     # containerd's push to docker-registry now and then ends in "unexpected EOF": retry.
     local try
     for try in 1 2 3; do

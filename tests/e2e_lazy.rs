@@ -801,3 +801,45 @@ fn bad_byte_in_a_chunk_never_reaches_a_reader() {
             .join("\n")
     );
 }
+
+/// An image optimized by `ctr-remote image optimize` (which ran python once and put the
+/// files it read before `.prefetch.landmark`) runs lazily, and lazysnap prefetches the
+/// landmark region of its layers with one range request each.
+#[test]
+fn optimized_image_prefetches_its_landmark_region() {
+    assert!(is_lazysnap(), "lazy pulling is lazysnap's");
+    let name = "test/python:esgz-opt";
+    let info = esgz_info(name);
+    let t = Test::new("lazy-optimized");
+    let proxy = FaultProxy::start("", &[]);
+    let r = proxy.reference(name);
+    fresh(&t, &r);
+    let log_from = common::lazysnap_log_len();
+    t.rpull_ref(&r);
+    let out = t.run_output_with(&snapshotter(), &r, &["python3", "/app/main.py"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), MAIN_PY_OUT);
+    let log = common::lazysnap_log_since(log_from);
+    let prefetched: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("prefetched the landmark region"))
+        .filter(|l| info.layers.iter().any(|d| l.contains(d.digest.as_str())))
+        .collect();
+    eprintln!(
+        "optimized image: {} layers prefetched:\n{}",
+        prefetched.len(),
+        prefetched.join("\n")
+    );
+    assert!(
+        !prefetched.is_empty(),
+        "no landmark prefetch for {name}'s layers; log:\n{}",
+        common::lazysnap_log_tail(40)
+    );
+    // The prefetch of a layer is one range request covering its landmark region.
+    let reqs = proxy.requests();
+    let gets = layer_gets(&reqs, &info);
+    assert!(
+        gets.iter().all(|g| !is_full_body(g, &info)),
+        "whole-blob GETs:\n{}",
+        summarize(&gets)
+    );
+}
