@@ -48,6 +48,7 @@ ESTARGZ_IMAGES=(
   "test/python:latest test/python:esgz-trunc 851968"
   "test/python:latest test/python:esgz-b25 917504"
   "test/python:latest test/python:esgz-opt optimize"
+  "test/python:latest test/python:esgz-full 983040"
 )
 # Images copied to zstd:chunked by push-zstd: "source target".
 ZSTD_IMAGES=(

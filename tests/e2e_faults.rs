@@ -777,3 +777,58 @@ fn b25_removed_image_is_not_fetched_any_more() {
         "the daemon does not answer after the removal"
     );
 }
+
+/// B25, disk full: the chunk cache's directory on a 2 MiB tmpfs (the budget is far larger):
+/// the python image still runs lazily and every file reads right — chunks that cannot be
+/// stored are served uncached — and the daemon logs the failed writes and never crashes.
+#[test]
+fn b25_disk_full_cache_still_serves_every_file() {
+    assert!(is_lazysnap(), "lazy pulling is lazysnap's");
+    let name = "test/python:esgz-full";
+    let _ = esgz_info(name); // pushes the eStargz images
+    let want = overlayfs_reference_listing(PY_GZIP);
+    let t = Test::exclusive("b25-disk-full");
+    let cache = common::env().lazysnap_root.join("cache");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let mut guard = None;
+    t.restart_daemon_with(|| {
+        std::fs::create_dir_all(&cache).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            &cache,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("size=2m"),
+        )
+        .expect("mount a 2 MiB tmpfs on the chunk cache");
+        guard = Some(Unmount(cache.clone()));
+    });
+    let r = common::image_ref(name);
+    fresh(&t, &r);
+    let log_from = common::lazysnap_log_len();
+    t.rpull_ref(&r);
+    run_main_py(&t, &r);
+    let n = assert_tree(&t, "disk-full cache", &r, &want);
+    let log = common::lazysnap_log_since(log_from);
+    let full = log
+        .lines()
+        .filter(|l| l.contains("No space left") || l.to_lowercase().contains("enospc"))
+        .count();
+    let panics = log.lines().filter(|l| l.contains("panicked")).count();
+    eprintln!(
+        "disk-full cache: {n} entries right; {full} log lines about the full disk; {panics} panics"
+    );
+    assert_eq!(panics, 0);
+    assert!(
+        common::daemon_answers(),
+        "the daemon must survive a full cache disk"
+    );
+    // Give the disk back: stop the daemon, unmount, start it; it works on as before.
+    t.restart_daemon_with(|| drop(guard.take()));
+    run_main_py(&t, &r);
+}
