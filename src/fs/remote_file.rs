@@ -148,6 +148,13 @@ impl RemoteFile {
             return Ok(0);
         }
         let end = size.min(offset.saturating_add(buf.len() as u64));
+        // A read that needs several chunks asks for them together first, so
+        // that the reader can fetch the missing ones with one request.
+        let (first, last) = (self.chunk_at(offset)?, self.chunk_at(end - 1)?);
+        if last > first {
+            let wanted: Vec<(usize, usize)> = (first..=last).map(|c| (self.entry, c)).collect();
+            self.reader.prefetch(&wanted);
+        }
         let mut pos = offset;
         let mut at_chunk_end = None;
         while pos < end {

@@ -346,6 +346,21 @@ fn reads_reaching_a_chunk_end_prefetch_the_next_chunks() {
 }
 
 #[test]
+fn a_read_over_several_chunks_asks_for_them_together_first() {
+    let data = pattern(4000, 5);
+    let mut b = TocBuilder::new(1000);
+    b.file("f", 0o644, &data);
+    let (l, reader) = remote("together", &b);
+    let f = l.open(Path::new("f")).unwrap();
+    let mut buf = vec![0u8; 2500];
+    f.read_at(&mut buf, 200, Path::new("f")).unwrap();
+    assert_eq!(&buf[..], &data[200..2700]);
+    // Chunks 0..=2 hinted as one group before they are read (then the readahead
+    // after chunk 2's end is not reached: the read ends inside it).
+    assert_eq!(reader.prefetched(), vec![(0, 0), (0, 1), (0, 2)]);
+}
+
+#[test]
 fn reader_errors_fail_the_whole_read_with_eio() {
     let data = pattern(5000, 9);
     let mut b = TocBuilder::new(1000);

@@ -21,18 +21,19 @@ use tracing::{debug, info};
 
 use super::remote::{ChunkFetchError, RemoteContext, ResolvedLayer};
 use crate::format::chunk::decode_verified;
-use crate::format::{Chunk, EntryKind};
+use crate::format::{Chunk, EntryKind, Toc};
 use crate::oci::Digest;
+use crate::registry::Reference;
 
 /// Largest compressed span fetched by one background request.
 pub const BATCH_BYTES: u64 = 4 << 20;
 
 /// One chunk to fetch: its digest, its span, and where to find it in the TOC.
 #[derive(Debug, Clone)]
-struct Item {
-    key: Digest,
-    entry: usize,
-    chunk: usize,
+pub(super) struct Item {
+    pub(super) key: Digest,
+    pub(super) entry: usize,
+    pub(super) chunk: usize,
 }
 
 /// The verifiable chunks of `layer` in blob order, one per digest.
@@ -68,14 +69,17 @@ fn landmark(layer: &ResolvedLayer) -> Option<u64> {
 }
 
 impl RemoteContext {
-    /// Fetches `batch` (consecutive in the blob) with one range request and
-    /// stores each chunk in the cache.
-    async fn fetch_batch(
+    /// Fetches `batch` (chunks of the blob `digest` of `reference`, in one
+    /// range request from the first to the last) and stores each chunk in the
+    /// cache. Chunks cached or in flight elsewhere are not fetched again.
+    pub(super) async fn fetch_batch(
         &self,
-        layer: &ResolvedLayer,
+        reference: &Reference,
+        digest: &Digest,
+        toc: &Toc,
         batch: &[Item],
     ) -> Result<(), ChunkFetchError> {
-        let chunk_of = |i: &Item| -> &Chunk { &layer.toc.entries[i.entry].chunks[i.chunk] };
+        let chunk_of = |i: &Item| -> &Chunk { &toc.entries[i.entry].chunks[i.chunk] };
         let keys: Vec<Digest> = batch.iter().map(|i| i.key.clone()).collect();
         self.cache
             .get_or_fetch_many(&keys, |missing: Vec<Digest>| {
@@ -85,11 +89,9 @@ impl RemoteContext {
                     let end = want.iter().map(|i| chunk_of(i).end).max().unwrap_or(0);
                     let span = self
                         .client
-                        .read_range(&layer.reference, &layer.digest, start, end)
+                        .read_range(reference, digest, start, end)
                         .await
-                        .map_err(|e| {
-                            ChunkFetchError::new(format!("layer {}: {e}", layer.digest))
-                        })?;
+                        .map_err(|e| ChunkFetchError::new(format!("layer {digest}: {e}")))?;
                     let mut out = Vec::with_capacity(missing.len());
                     for key in &missing {
                         let item = want
@@ -98,11 +100,9 @@ impl RemoteContext {
                             .expect("missing keys come from the batch");
                         let c = chunk_of(item);
                         let slice = &span[(c.offset - start) as usize..(c.end - start) as usize];
-                        let name = &layer.toc.entries[item.entry].name;
-                        let bytes = decode_verified(layer.toc.compression, slice, c, name)
-                            .map_err(|e| {
-                                ChunkFetchError::new(format!("layer {}: {e}", layer.digest))
-                            })?;
+                        let name = &toc.entries[item.entry].name;
+                        let bytes = decode_verified(toc.compression, slice, c, name)
+                            .map_err(|e| ChunkFetchError::new(format!("layer {digest}: {e}")))?;
                         out.push(Bytes::from(bytes));
                     }
                     Ok(out)
@@ -122,7 +122,10 @@ impl RemoteContext {
             None => (Vec::new(), all),
         };
         if !prefetch.is_empty() {
-            match self.fetch_batch(&layer, &prefetch).await {
+            match self
+                .fetch_batch(&layer.reference, &layer.digest, &layer.toc, &prefetch)
+                .await
+            {
                 Ok(()) => {
                     info!(layer = %layer.digest, chunks = prefetch.len(), "prefetched the landmark region")
                 }
@@ -149,7 +152,10 @@ impl RemoteContext {
                 batch.push(item);
             }
             if !batch.is_empty() && (batch_bytes >= BATCH_BYTES || last) {
-                if let Err(e) = self.fetch_batch(&layer, &batch).await {
+                if let Err(e) = self
+                    .fetch_batch(&layer.reference, &layer.digest, &layer.toc, &batch)
+                    .await
+                {
                     debug!(layer = %layer.digest, error = %e, "background fetch stopped");
                     return;
                 }

@@ -484,6 +484,45 @@ impl RemoteBlob {
 }
 
 impl ChunkReader for RemoteBlob {
+    /// Readahead and multi-chunk reads: the chunks not cached yet are fetched
+    /// with one range request in the background; the reads that follow join
+    /// that fetch instead of making their own (one flight per chunk).
+    fn prefetch(&self, chunks: &[(usize, usize)]) {
+        let mut items: Vec<super::background::Item> = chunks
+            .iter()
+            .filter_map(|&(entry, chunk)| {
+                let key = self
+                    .toc
+                    .entries
+                    .get(entry)?
+                    .chunks
+                    .get(chunk)?
+                    .digest
+                    .clone()?;
+                (!self.ctx.cache.contains(&key)).then_some(super::background::Item {
+                    key,
+                    entry,
+                    chunk,
+                })
+            })
+            .collect();
+        if items.is_empty() {
+            return;
+        }
+        items.sort_by_key(|i| self.toc.entries[i.entry].chunks[i.chunk].offset);
+        let (ctx, reference, digest, toc) = (
+            self.ctx.clone(),
+            self.reference.clone(),
+            self.digest.clone(),
+            self.toc.clone(),
+        );
+        self.ctx.rt.spawn(async move {
+            if let Err(e) = ctx.fetch_batch(&reference, &digest, &toc, &items).await {
+                debug!(layer = %digest, error = %e, "readahead failed; reads fetch for themselves");
+            }
+        });
+    }
+
     fn read_chunk(&self, entry: usize, chunk: usize) -> Result<Bytes, FsError> {
         let e = self
             .toc
