@@ -11,6 +11,10 @@ use super::fake_server::{Fake, Req, blob_data, client, client_with, resp, serve_
 use super::*;
 use crate::oci::Digest;
 
+/// An OCIR-style login: `<tenancy namespace>/<user>` with an auth token, sent
+/// over Basic to the token endpoint and exchanged for a bearer token.
+const OCIR_USER_TOKEN: &str = "axaxnpcrorw5/oracleidentitycloudservice/alice@example.com:Tok3n+/x";
+
 #[tokio::test]
 async fn bearer_token_flow_caches_and_refreshes() {
     let data = blob_data(3000);
@@ -27,7 +31,7 @@ async fn bearer_token_flow_caches_and_refreshes() {
     let fake = Fake::start(move |req| {
         if req.path.starts_with("/token?") {
             assert_eq!(req.path, "/token?service=fake&scope=repository%3At%2Fimg%3Apull");
-            let basic = base64::engine::general_purpose::STANDARD.encode("alice:s3cret");
+            let basic = base64::engine::general_purpose::STANDARD.encode(OCIR_USER_TOKEN);
             assert_eq!(req.header("authorization"), Some(format!("Basic {basic}").as_str()));
             let n = tg.fetch_add(1, Ordering::SeqCst) + 1;
             return resp(200).body(format!(r#"{{"access_token":"tok{n}","expires_in":300}}"#));
@@ -48,7 +52,7 @@ async fn bearer_token_flow_caches_and_refreshes() {
     port_cell.store(fake.port as usize, Ordering::SeqCst);
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("config.json");
-    let auth = base64::engine::general_purpose::STANDARD.encode("alice:s3cret");
+    let auth = base64::engine::general_purpose::STANDARD.encode(OCIR_USER_TOKEN);
     std::fs::write(
         &cfg,
         format!(
