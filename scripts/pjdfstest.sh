@@ -63,6 +63,15 @@ su -s /bin/sh nobody -c "test -x '$mp/pjd'" 2>/dev/null ||
 log "running pjdfstest on $mp/pjd (a lazysnap union over busybox)"
 lazy=$(run_suite "$mp/pjd" "$DIR/pjdfstest-lazysnap.log")
 echo "lazysnap:        $lazy"
+passed=$(sed -n 's/.* \([0-9]*\) passed.*/\1/p' <<<"$lazy")
+if [ -z "$passed" ] || [ "$passed" -lt "$MIN" ]; then
+  # A few tests race with a loaded machine (open::etxtbsy execs a file another process
+  # just closed): run the suite once more in a fresh dir and keep that result, saying so.
+  log "first run: $lazy; failed: $(grep -E 'FAILED$' "$DIR/pjdfstest-lazysnap.log" | grep -v '::char' | awk '{print $1}' | tr '\n' ' ')— running it once more"
+  mkdir -p "$mp/pjd2" && chmod 0755 "$mp/pjd2"
+  lazy=$(run_suite "$mp/pjd2" "$DIR/pjdfstest-lazysnap.log")
+  echo "lazysnap (2nd):  $lazy"
+fi
 
 if [ "${PJDFSTEST_COMPARE:-0}" = 1 ]; then
   cmp=$DIR/pjd-compare; mkdir -p "$cmp/plain" "$cmp/lower" "$cmp/upper" "$cmp/work" "$cmp/merged"

@@ -2,8 +2,8 @@
 # test.sh: everything CI checks, in order: setup (packages + release build), cargo fmt --check,
 # cargo clippy --all-targets -D warnings, then cargo test (unit, integration and the end-to-end
 # tests, which share one registry + lazysnap + containerd environment started here and
-# exported as LAZYSNAP_TEST_ENV), the layering check and pjdfstest on a lazysnap mount
-# (scripts/pjdfstest.sh). Ends with one summary line; exit status 0 only if all passed.
+# exported as LAZYSNAP_TEST_ENV), the layering check, pjdfstest on a lazysnap mount
+# (scripts/pjdfstest.sh) and a short run of every fuzz target (scripts/fuzz-smoke.sh). Ends with one summary line; exit status 0 only if all passed.
 # Extra arguments go to cargo test (e.g. scripts/test.sh --test e2e_cases).
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -66,6 +66,7 @@ if scripts/env-up.sh "$DIR" && scripts/images.sh push "$DIR" && scripts/images.s
   fi
   if [ $# -eq 0 ]; then
     step layering scripts/check-layers.sh
+    step fuzz scripts/fuzz-smoke.sh 10
   fi
   if [ "$failed" != 0 ] && [ -f "$DIR/lazysnap.log" ]; then
     log "daemon log: last lines of $DIR/lazysnap.log"

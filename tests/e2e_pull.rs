@@ -286,6 +286,13 @@ fn index_is_followed_to_the_host_platform() {
     let out = pull(&t, &r);
     assert_eq!(outcomes(&out).len(), 1, "{out}");
     assert!(image_listed(&t, &r));
+    // The image record targets the index itself, as containerd's pull does.
+    let ls = t.ctr_ok(&["images", "ls"]);
+    let line = ls.lines().find(|l| l.starts_with(&r)).unwrap_or_default();
+    assert!(
+        line.contains("application/vnd.oci.image.index.v1+json"),
+        "{ls}"
+    );
     let run = t.run_output_with(&snap, &r, &["sh", "-c", "echo hello"]);
     assert_eq!(
         String::from_utf8_lossy(&run.stdout),

@@ -17,9 +17,9 @@
 //! 5. label the config with the top snapshot (`gc.ref.snapshot.<snapshotter>`);
 //! 6. create (or update) the image.
 //!
-//! Decided here: when the reference resolves through an index, the image
-//! targets the index if the registry serves the index's bytes as a blob,
-//! else the platform manifest (our registry client keeps no index bytes).
+//! When the reference resolves through an index, the index is stored too
+//! (its bytes as the registry client resolved them) and the image targets it,
+//! as containerd's own pull does.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -229,7 +229,9 @@ impl Puller<'_> {
             annotations: HashMap::new(),
         };
         if let Some(index) = &resolved.index
-            && let Some(t) = self.write_index(index, &resolved.digest).await?
+            && let Some(t) = self
+                .write_index(index, resolved.index_bytes.as_ref(), &resolved.digest)
+                .await?
         {
             target = t;
         }
@@ -294,20 +296,19 @@ impl Puller<'_> {
         }
     }
 
-    /// Writes the index the manifest was picked from, if the registry gives
-    /// its bytes as a blob; returns its descriptor then.
+    /// Writes the index the manifest was picked from (its bytes as the
+    /// registry client resolved them); returns its descriptor.
     async fn write_index(
         &self,
         index: &Digest,
+        served: Option<&(String, Vec<u8>)>,
         manifest: &Digest,
     ) -> Result<Option<Descriptor>, CtrdError> {
-        let bytes = match self.registry.fetch_blob(self.r(), index).await {
-            Ok(b) => b,
-            Err(e) => {
-                debug!(%index, "index bytes not served as a blob ({e}); the image targets the manifest");
-                return Ok(None);
-            }
+        let Some((_, bytes)) = served else {
+            debug!(%index, "no index bytes; the image targets the manifest");
+            return Ok(None);
         };
+        let bytes = bytes::Bytes::from(bytes.clone());
         #[derive(Deserialize)]
         #[serde(rename_all = "camelCase")]
         struct Probe {

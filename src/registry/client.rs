@@ -67,6 +67,9 @@ pub struct Resolved {
     pub manifest: oci_spec::image::ImageManifest,
     /// The index (or manifest list) it was picked from, if any.
     pub index: Option<Digest>,
+    /// That index's exact bytes and media type (verified against `index`),
+    /// so that a pull can store the index itself.
+    pub index_bytes: Option<(String, Vec<u8>)>,
 }
 
 /// (registry, repository, digest): what per-blob memory is keyed by. For
@@ -210,12 +213,14 @@ impl RegistryClient {
                 media_type,
                 bytes,
                 index: None,
+                index_bytes: None,
             }),
             Kind::Index => {
                 let selected = manifest::select_platform(&target, &digest, &bytes, platform)?;
                 tracing::debug!(%r, %platform, index = %digest, manifest = %selected.digest, "picked from index");
                 let mut resolved = self.fetch_manifest(r, &selected.digest).await?;
                 resolved.index = Some(digest);
+                resolved.index_bytes = Some((media_type, bytes));
                 Ok(resolved)
             }
         }
@@ -254,6 +259,7 @@ impl RegistryClient {
             media_type,
             bytes,
             index: None,
+            index_bytes: None,
         })
     }
 
