@@ -49,6 +49,7 @@ ESTARGZ_IMAGES=(
   "test/python:latest test/python:esgz-b25 917504"
   "test/python:latest test/python:esgz-opt optimize"
   "test/python:latest test/python:esgz-full 983040"
+  "test/python:latest test/python:esgz-bg 1114112"
 )
 # Images copied to zstd:chunked by push-zstd: "source target".
 ZSTD_IMAGES=(

@@ -832,3 +832,75 @@ fn b25_disk_full_cache_still_serves_every_file() {
     t.restart_daemon_with(|| drop(guard.take()));
     run_main_py(&t, &r);
 }
+
+/// B25 with the background fetch on (slowly, 1 MiB/s, so it is still going): removing the
+/// image and its snapshots stops it — the registry sees no layer GET start after the
+/// removal has finished.
+#[test]
+fn b25_background_fetch_stops_when_the_image_is_removed() {
+    assert!(is_lazysnap(), "lazy pulling is lazysnap's");
+    let name = "test/python:esgz-bg";
+    let info = esgz_info(name);
+    let t = Test::exclusive("b25-background");
+    let toml = common::env().dir.join("lazysnap.toml");
+    let original = std::fs::read_to_string(&toml).unwrap();
+    struct Restore(std::path::PathBuf, String);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = std::fs::write(&self.0, &self.1);
+        }
+    }
+    let restore = Restore(toml.clone(), original.clone());
+    t.restart_daemon_with(|| {
+        let on = original.replace(
+            "background_fetch = false",
+            "background_fetch = true\nbackground_rate = 1048576",
+        );
+        assert_ne!(
+            on, original,
+            "the test env's config turns background fetch off"
+        );
+        std::fs::write(&toml, on).unwrap();
+    });
+    let proxy = FaultProxy::start("", &[]);
+    let r = proxy.reference(name);
+    fresh(&t, &r);
+    t.rpull_ref(&r);
+    run_main_py(&t, &r);
+    std::thread::sleep(Duration::from_secs(3));
+    let running = layer_requests(&proxy.requests(), &info).len();
+    fresh(&t, &r); // ctr images rm, then the snapshots, leaves first
+    let t_done = unix_now();
+    std::thread::sleep(Duration::from_secs(10));
+    let reqs = proxy.requests();
+    let layer = layer_requests(&reqs, &info);
+    let late: Vec<&ProxyRequest> = layer
+        .iter()
+        .copied()
+        .filter(|r| r.method == "GET" && r.t > t_done + 0.5)
+        .collect();
+    let total = layer.len();
+    eprintln!(
+        "B25 background: {running} layer requests before removal (pull, run, 3 s of background fetch), {total} in all; {} started after the removal",
+        late.len()
+    );
+    assert!(
+        total > 0 && running > 0,
+        "no layer requests at all: nothing was fetched lazily"
+    );
+    // Background batches are range GETs of up to 4 MiB: far larger than any chunk read
+    // (chunks of this variant are ~1 MiB): the background fetch was running.
+    let batches = layer
+        .iter()
+        .filter(|r| r.method == "GET" && r.bytes > 2 << 20)
+        .count();
+    assert!(batches > 0, "no background batch GET before the removal");
+    assert!(
+        late.is_empty(),
+        "layer GETs after the image was removed (the background fetch went on):\n{}",
+        summarize(&late, 10)
+    );
+    // Background fetch back off for the other tests.
+    drop(restore);
+    t.restart_daemon_with(|| {});
+}
