@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Fails when a module reaches up the data flow (DESIGN.md, STYLE.md §2):
-#   oci ← registry ← ctrd ← format ← cache ← fs ← snapshot ← service ← main   (config: anyone)
+#   oci ← registry ← ctrd ← format ← image ← cache ← fs ← convert ← commit ← snapshot ← service ← main   (config: anyone)
 # A module may name `crate::X` only for X to its left.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-order=(oci registry ctrd format cache fs snapshot service)
+order=(oci registry ctrd format image cache fs convert commit snapshot service)
 allowed() { # $1 = module, $2 = used module
   [ "$2" = config ] && return 0
   local i j

@@ -35,10 +35,13 @@
 #![warn(missing_docs, missing_debug_implementations)]
 
 pub mod cache;
+pub mod commit;
 pub mod config;
+pub mod convert;
 pub mod ctrd;
 pub mod format;
 pub mod fs;
+pub mod image;
 pub mod oci;
 pub mod registry;
 pub mod service;

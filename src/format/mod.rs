@@ -10,6 +10,7 @@ pub mod chunk;
 mod error;
 pub mod estargz;
 pub mod toc;
+pub mod writer;
 pub mod zstd_chunked;
 
 pub use crate::oci::rfc3339;
