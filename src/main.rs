@@ -1,11 +1,13 @@
 //! The `lazysnap` command: `serve` runs the daemon; client subcommands reach
 //! it only through its Control service.
 
+mod cmd;
+
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
-use lazysnap::config::{Config, DEFAULT_ADDRESS};
+use clap::{Parser, Subcommand};
+use lazysnap::config::Config;
 use lazysnap::service::{self, LazyOptions, ServeOptions};
 
 #[derive(Parser, Debug)]
@@ -17,33 +19,6 @@ use lazysnap::service::{self, LazyOptions, ServeOptions};
 struct Cli {
     #[command(subcommand)]
     command: Command,
-}
-
-/// Flags every client subcommand takes, as `ctr` does.
-#[derive(Args, Debug, Clone)]
-struct ClientFlags {
-    /// containerd's socket.
-    #[arg(
-        short = 'a',
-        long,
-        env = "CONTAINERD_ADDRESS",
-        default_value = "/run/containerd/containerd.sock"
-    )]
-    address: PathBuf,
-    /// containerd namespace.
-    #[arg(
-        short = 'n',
-        long,
-        env = "CONTAINERD_NAMESPACE",
-        default_value = "default"
-    )]
-    namespace: String,
-    /// The lazysnap daemon's socket (default: `address` of the config file).
-    #[arg(long, env = "LAZYSNAP_ADDRESS")]
-    lazysnap_address: Option<PathBuf>,
-    /// Config file (for the default daemon socket).
-    #[arg(long)]
-    config: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -67,27 +42,22 @@ enum Command {
     /// Print the daemon's status.
     Status {
         #[command(flatten)]
-        client: ClientFlags,
+        client: cmd::ClientFlags,
     },
     /// Pull an image into containerd, unpacked on the snapshotter, lazily
     /// where it can (as `ctr-remote images rpull`): layers the snapshotter
     /// serves remotely are not downloaded; the others are fetched whole and
     /// applied by containerd's Diff service.
-    Pull {
-        #[command(flatten)]
-        client: ClientFlags,
-        /// Snapshotter to unpack with.
-        #[arg(long, default_value = "lazysnap")]
-        snapshotter: String,
-        /// Platform to pick from an index, `os/arch[/variant]` (default: this host's).
-        #[arg(long)]
-        platform: Option<String>,
-        /// Reach the image's registry over plain http.
-        #[arg(long)]
-        plain_http: bool,
-        /// Image reference, e.g. `127.0.0.1:5000/test/python:esgz`.
-        reference: String,
-    },
+    Pull(cmd::pull::PullArgs),
+    /// Rewrite an image into a lazy format (eStargz, eStargz-zstd, zstd:chunked),
+    /// between registries and OCI layouts (`oci:DIR[:REF]`).
+    Convert(cmd::convert::ConvertArgs),
+    /// Show an image's layers: sizes, media types, lazy formats, TOCs, landmarks.
+    Inspect(cmd::inspect::InspectArgs),
+    /// Log in to a registry: check the credentials, then store them as `docker login` does.
+    Login(cmd::login::LoginArgs),
+    /// Remove a registry's stored credentials.
+    Logout(cmd::login::LogoutArgs),
 }
 
 fn init_logs(level: &str) {
@@ -151,123 +121,11 @@ fn main() -> anyhow::Result<()> {
             // Exit without running destructors of FUSE sessions: mounts stay.
             std::process::exit(0);
         }
-        Command::Status { client } => rt.block_on(status(client)),
-        Command::Pull {
-            client,
-            snapshotter,
-            platform,
-            plain_http,
-            reference,
-        } => rt.block_on(pull(PullArgs {
-            client,
-            snapshotter,
-            platform,
-            plain_http,
-            reference,
-        })),
-    }
-}
-
-fn daemon_address(c: &ClientFlags) -> anyhow::Result<PathBuf> {
-    if let Some(a) = &c.lazysnap_address {
-        return Ok(a.clone());
-    }
-    Ok(Config::load(c.config.as_deref())
-        .map(|cfg| cfg.address)
-        .unwrap_or_else(|_| PathBuf::from(DEFAULT_ADDRESS)))
-}
-
-async fn status(c: ClientFlags) -> anyhow::Result<()> {
-    use lazysnap::service::proto::lazysnap::v1::{StatusRequest, control_client::ControlClient};
-    let addr = daemon_address(&c)?;
-    let ch = service::connect(&addr)
-        .await
-        .with_context(|| format!("connecting to the lazysnap daemon at {}", addr.display()))?;
-    let st = ControlClient::new(ch)
-        .status(StatusRequest {})
-        .await
-        .context("Status")?
-        .into_inner();
-    println!("version:   {}", st.version);
-    println!("root:      {}", st.root);
-    println!("uptime:    {}s", st.uptime_seconds);
-    println!(
-        "snapshots: {} active, {} view, {} committed",
-        st.snapshots_active, st.snapshots_view, st.snapshots_committed
-    );
-    for m in st.mounts {
-        println!("mount:     {} {} {}", m.state, m.mountpoint, m.key);
-    }
-    Ok(())
-}
-
-struct PullArgs {
-    client: ClientFlags,
-    snapshotter: String,
-    platform: Option<String>,
-    plain_http: bool,
-    reference: String,
-}
-
-async fn pull(a: PullArgs) -> anyhow::Result<()> {
-    use lazysnap::ctrd::{self, Ctrd, LayerOutcome, PullOptions};
-    use lazysnap::registry::{ClientOptions, Platform, Reference, RegistryClient};
-    let started = std::time::Instant::now();
-    let reference: Reference = a.reference.parse()?;
-    let platform = match &a.platform {
-        Some(p) => p.parse::<Platform>()?,
-        None => Platform::host(),
-    };
-    let registry = RegistryClient::new(ClientOptions {
-        insecure_hosts: if a.plain_http {
-            vec![reference.registry.clone()]
-        } else {
-            Vec::new()
-        },
-        ..ClientOptions::default()
-    })?;
-    let c = &a.client;
-    let ctrd = Ctrd::connect(&c.address, &c.namespace).await?;
-    let opts = PullOptions {
-        reference,
-        snapshotter: a.snapshotter,
-        platform,
-    };
-    println!("{}: resolving", opts.reference);
-    let pulled = ctrd::pull(&ctrd, &registry, &opts, &mut |p| {
-        let what = match p.outcome {
-            LayerOutcome::Present => "present".to_string(),
-            LayerOutcome::Lazy => "lazy".to_string(),
-            LayerOutcome::Unpacked => "unpacked by the snapshotter".to_string(),
-            LayerOutcome::Fetched { bytes } => format!("fetched {}", human_bytes(bytes)),
-        };
-        let d = p.digest.as_str();
-        let short = d.get(..19).unwrap_or(d);
-        println!("layer {}/{} {short}… {what}", p.index + 1, p.count);
-    })
-    .await
-    .with_context(|| format!("pulling {}", opts.reference))?;
-    println!(
-        "{}: {} (top snapshot {}), done in {:.2}s",
-        pulled.name,
-        pulled.target,
-        pulled.chain_id,
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
-}
-
-fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "kB", "MB", "GB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1000.0 && u + 1 < UNITS.len() {
-        v /= 1000.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
+        Command::Status { client } => rt.block_on(cmd::status::run(client)),
+        Command::Pull(a) => rt.block_on(cmd::pull::run(a)),
+        Command::Convert(a) => rt.block_on(cmd::convert::run(a)),
+        Command::Inspect(a) => rt.block_on(cmd::inspect::run(a)),
+        Command::Login(a) => rt.block_on(cmd::login::login(a)),
+        Command::Logout(a) => rt.block_on(cmd::login::logout(a)),
     }
 }

@@ -226,6 +226,53 @@ def main(out):
                  [f("usr/bin/b", b"b")],
                  [f("opt/tool/run", b"r")]])
 
+    # kinds: every entry kind and name shape a converter must carry through (tests/e2e_convert.rs):
+    # devices and a fifo, binary xattr values, a path of ~560 bytes with a 255-byte name,
+    # non-UTF-8 (Latin-1) names and link targets, empty files, a 1.25 MiB file (20 chunks of
+    # 64 KiB, a zero tail) with a hardlink, hardlink groups, symlinks of every sort; L2 has a
+    # whiteout, an opaque dir, a file replaced by a dir and a new version of a hardlinked
+    # file; L3 a metadata-only dir change and a file whose parent dirs have no entries.
+    latin = b"caf\xe9-\xff\xfe".decode("utf-8", "surrogateescape")
+    longdir = "kinds/" + "L" * 150 + "/" + "M" * 150
+    longfile = longdir + "/" + "n" * 255
+    big = random.Random(1040).randbytes(1 << 20) + bytes(256 << 10)
+    case("kinds", [
+        [d("kinds/"), d("kinds/dev/"),
+         {"t": "c", "n": "kinds/dev/chr", "major": 1, "minor": 3, "mode": 0o666},
+         {"t": "b", "n": "kinds/dev/blk", "major": 7, "minor": 0, "mode": 0o660, "gid": 6},
+         {"t": "p", "n": "kinds/dev/fifo", "mode": 0o600},
+         f("kinds/empty"),
+         f("kinds/big", big, mode=0o640, uid=1000, gid=1000, mtime=1650000000),
+         {"t": "h", "n": "kinds/big-link", "to": "kinds/big"},
+         f("kinds/xattrs", b"x\n", xattrs={"user.bin": b"\x00\x01\x7f\x80\xfe\xff",
+                                           "user.text": "plain text"}),
+         f("kinds/suid", b"#!/bin/sh\n", mode=0o4755),
+         f("kinds/private", b"p\n", mode=0o600, uid=1000, gid=1000, mtime=1234567890),
+         f("kinds/with space", b"s\n"), f("kinds/\u00fcn\u00efc\u00f8d\u00e9-\u540d", b"u\n"),
+         d("kinds/" + "L" * 150 + "/"), d(longdir + "/"), f(longfile, b"long\n"),
+         {"t": "s", "n": "kinds/long-sym", "to": longfile[len("kinds/"):]},
+         {"t": "h", "n": "kinds/long-hard", "to": longfile},
+         d("kinds/" + latin + "/"), f("kinds/" + latin + "/file-" + latin, b"latin\n"),
+         {"t": "s", "n": "kinds/latin-sym", "to": latin},
+         {"t": "s", "n": "kinds/rel-sym", "to": "empty"},
+         {"t": "s", "n": "kinds/abs-sym", "to": "/etc/hostname"},
+         {"t": "s", "n": "kinds/dangling", "to": "does/not/exist"},
+         {"t": "s", "n": "kinds/dir-sym", "to": "dev"},
+         d("kinds/hl/"), f("kinds/hl/a", b"shared\n"),
+         {"t": "h", "n": "kinds/hl/b", "to": "kinds/hl/a"},
+         {"t": "h", "n": "kinds/hl/c", "to": "kinds/hl/a"},
+         f("kinds/gone", b"gone\n"),
+         d("kinds/opq/"), f("kinds/opq/old", b"old\n"), d("kinds/opq/olddir/"),
+         f("kinds/opq/olddir/x", b"x\n"),
+         f("kinds/becomes-dir", b"file\n")],
+        [d("kinds/"), WH("kinds", "gone"),
+         d("kinds/opq/", mode=0o750), OPQ("kinds/opq"), f("kinds/opq/new", b"new\n"),
+         WH("kinds", "becomes-dir"), d("kinds/becomes-dir/"),
+         f("kinds/becomes-dir/inner", b"inner\n"),
+         f("kinds/empty2"), d("kinds/hl/"), f("kinds/hl/a", b"changed\n")],
+        [d("kinds/dev/", mode=0o750, mtime=1660000000),
+         f("kinds/deep/a/b/file", b"deep\n")]])
+
     # B26: an empty layer between two ordinary ones. L2 is an empty tar archive (10240 zero
     # bytes, `tar -cf L2.tar -T /dev/null`); in b26z it is a zero-byte stream, which umoci
     # stores as the gzip of nothing (the canonical "empty layer" blob).

@@ -63,6 +63,14 @@ pub enum CtrdError {
         /// The value.
         value: String,
     },
+    /// A container could not be run as asked (its spec, user or stdio).
+    #[error("container {container}: {reason}")]
+    Run {
+        /// The container id.
+        container: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// containerd answered without a field it always sends.
     #[error("containerd {rpc}: the answer has no {field}")]
     MissingField {

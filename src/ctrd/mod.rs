@@ -9,6 +9,8 @@
 //! - [`services`]: thin wrappers of the Snapshots, Diff, Images and Leases
 //!   RPCs that name what failed.
 //! - [`plan`]: the pure parts: chain IDs, GC and snapshot labels, keys.
+//! - [`run`]: running a container to its exit (Containers + Tasks), pause,
+//!   resume, task state, a container's snapshot.
 //! - [`pull`](mod@pull): [`pull()`](fn@pull), containerd 1.6's client pull with
 //!   unpack (`client.Pull` + `WithPullUnpack`) done from here.
 //! - [`error`](mod@error): [`CtrdError`].
@@ -17,6 +19,7 @@ pub mod content;
 pub mod error;
 pub mod plan;
 pub mod pull;
+pub mod run;
 pub mod services;
 
 use std::path::Path;

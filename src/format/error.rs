@@ -57,4 +57,23 @@ pub enum FormatError {
         /// Digest of the bytes.
         actual: Digest,
     },
+    /// An input tar entry cannot go into a written layer (its name escapes
+    /// the root, its hardlink target is not an earlier entry, its type is
+    /// unsupported...); names the entry as the tar stores it.
+    #[error("entry {name:?}: {message}")]
+    Entry {
+        /// The entry's name (lossy UTF-8).
+        name: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// Reading the input or writing the output of a layer writer failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being read or written.
+        what: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
 }

@@ -7,6 +7,8 @@
 //! - [`mount`] starts a FUSE session serving it at `spec.mountpoint`.
 //! - [`unmount`] detaches a mount point (lazily when busy).
 //! - [`mount_state`] tells whether a mount point is served, dead or absent.
+//! - [`Recorder`] (from [`MountHandle::recorder`]) records the union paths
+//!   of regular files opened and symlinks read, first access first (`record`).
 //!
 //! Layout: `lower` (read-only layers, shared per path: local dirs, or
 //! remote layers indexed from their TOC in `remote` and read through a
@@ -52,6 +54,7 @@ mod ops;
 mod ops_attr;
 mod ops_io;
 mod ops_ns;
+mod record;
 mod remote;
 mod remote_file;
 mod union;
@@ -64,10 +67,13 @@ mod remote_fake;
 #[cfg(test)]
 mod remote_tests;
 
-pub use backing::{EntryAttr, EntryKind, OPAQUE_XATTR};
+pub use backing::{
+    BPath, EntryAttr, EntryKind, OPAQUE_XATTR, get_xattr, is_overlay_xattr, list_xattrs,
+};
 pub use error::FsError;
 pub use lower::{Lower, LowerFile, LowerKind};
 pub use mount::{MountHandle, MountSpec, MountState, mount, mount_state, unmount};
 pub use ops::{Ctx, DirSnapEnt, Entry, FsStats, NodeAttr, UnionFs};
 pub use ops_attr::{SetAttr, TimeSet};
+pub use record::Recorder;
 pub use remote_file::{ChunkReader, READAHEAD_CHUNKS, RemoteFile};

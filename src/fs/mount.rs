@@ -21,6 +21,7 @@ use nix::mount::{MntFlags, MsFlags};
 use super::FsError;
 use super::fuse_adapter::FuseAdapter;
 use super::ops::UnionFs;
+use super::record::Recorder;
 
 /// Reader threads of one session.
 const N_THREADS: usize = 3;
@@ -48,12 +49,30 @@ pub struct MountSpec {
 pub struct MountHandle {
     mountpoint: PathBuf,
     thread: Option<JoinHandle<io::Result<()>>>,
+    recorder: Arc<Recorder>,
 }
 
 impl MountHandle {
     /// The mount point.
     pub fn mountpoint(&self) -> &Path {
         &self.mountpoint
+    }
+
+    /// The union's access recorder (shared with the serving session).
+    pub fn recorder(&self) -> Arc<Recorder> {
+        self.recorder.clone()
+    }
+
+    /// Starts recording accesses (see [`Recorder::start`]); `true` when a
+    /// recording under way was discarded.
+    pub fn start_recording(&self) -> bool {
+        self.recorder.start()
+    }
+
+    /// Stops recording; the union paths in first-access order, `None` when
+    /// not recording (see [`Recorder::stop`]).
+    pub fn stop_recording(&self) -> Option<Vec<PathBuf>> {
+        self.recorder.stop()
     }
 
     /// Unmounts (lazily when busy) and waits up to a few seconds for the
@@ -120,6 +139,7 @@ pub fn mount(spec: MountSpec, rt: tokio::runtime::Handle) -> Result<MountHandle,
     config.acl = SessionACL::All;
     config.n_threads = Some(N_THREADS);
     config.clone_fd = true;
+    let recorder = fs.recorder().clone();
     let adapter = FuseAdapter::new(Arc::new(fs), rt);
     let session = match Session::from_fd(adapter, fd, SessionACL::All, config) {
         Ok(s) => s,
@@ -135,6 +155,7 @@ pub fn mount(spec: MountSpec, rt: tokio::runtime::Handle) -> Result<MountHandle,
     Ok(MountHandle {
         mountpoint: mp,
         thread: Some(thread),
+        recorder,
     })
 }
 

@@ -28,6 +28,7 @@ use super::MountSpec;
 use super::backing::{self, BPath, EntryAttr, EntryKind};
 use super::inode::{InodeTable, Origins, ROOT, ino_of};
 use super::lower::{Lower, LowerFile};
+use super::record::Recorder;
 use super::union::{LayerId, Stack, UPPER};
 
 /// Attributes of a node as the kernel sees them.
@@ -127,6 +128,8 @@ pub struct UnionFs {
     pub(crate) dirs: Mutex<HashMap<u64, Arc<Vec<DirSnapEnt>>>>,
     pub(crate) next_fh: AtomicU64,
     pub(crate) tmp_counter: AtomicU64,
+    /// Access recording (opens and readlinks), see `record.rs`.
+    pub(crate) recorder: Arc<Recorder>,
 }
 
 /// Locks a mutex, ignoring poisoning (state stays consistent per operation).
@@ -178,6 +181,7 @@ impl UnionFs {
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             tmp_counter: AtomicU64::new(0),
+            recorder: Arc::new(Recorder::new()),
         })
     }
 
@@ -191,6 +195,11 @@ impl UnionFs {
         self.ns
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The access recorder of this union (see [`Recorder`]).
+    pub fn recorder(&self) -> &Arc<Recorder> {
+        &self.recorder
     }
 
     /// Whether the union has an upper.
@@ -411,6 +420,7 @@ impl UnionFs {
                 std::fs::read_link(&*p).map_err(FsError::io_at("readlink", &p))?
             }
         };
+        self.recorder.note(&loc.path);
         Ok(target.as_os_str().as_bytes().to_vec())
     }
 

@@ -148,6 +148,7 @@ impl UnionFs {
             Some(l) => l.open(&loc.path)?,
             None => LowerFile::Local(open_backing(&self.upper_path(&loc.path)?, flags)?),
         };
+        self.recorder.note(&loc.path);
         Ok(self.add_handle(ino, &loc.path, file, write))
     }
 

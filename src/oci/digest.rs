@@ -22,6 +22,16 @@ impl Digest {
         Digest(format!("sha256:{:x}", Sha256::digest(bytes)))
     }
 
+    /// The digest whose sha256 value is `hash` (a finished hasher's output).
+    pub fn from_sha256(hash: [u8; 32]) -> Digest {
+        let mut s = String::with_capacity(71);
+        s.push_str("sha256:");
+        for b in hash {
+            s.push_str(&format!("{b:02x}"));
+        }
+        Digest(s)
+    }
+
     /// The hex part, without `sha256:`.
     pub fn hex(&self) -> &str {
         &self.0[7..]

@@ -200,6 +200,25 @@ pub fn pull_scope(repository: &str) -> String {
     format!("repository:{repository}:pull")
 }
 
+/// The push scope of a repository: `repository:<repository>:pull,push`
+/// (FORMATS.md §6.4, §6.6; a push also reads, e.g. `HEAD` before upload).
+pub fn push_scope(repository: &str) -> String {
+    format!("repository:{repository}:pull,push")
+}
+
+/// The scopes a push to `repository` asks for in one token request: its
+/// [`push_scope`], plus the [`pull_scope`] of `mount_from` for a
+/// cross-repository mount (FORMATS.md §6.4), as Docker does.
+pub fn push_scopes(repository: &str, mount_from: Option<&str>) -> Vec<String> {
+    let mut v = vec![push_scope(repository)];
+    if let Some(from) = mount_from
+        && from != repository
+    {
+        v.push(pull_scope(from));
+    }
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,6 +305,20 @@ mod tests {
         assert_eq!(t("2024-01-01T01:00:00+01:00"), Some(1_704_067_200));
         assert_eq!(t("2024-01-01"), None);
         assert_eq!(t("2024-13-01T00:00:00Z"), None);
+    }
+
+    #[test]
+    fn push_scopes_add_the_mount_source() {
+        assert_eq!(push_scope("a/b"), "repository:a/b:pull,push");
+        assert_eq!(push_scopes("a/b", None), vec!["repository:a/b:pull,push"]);
+        assert_eq!(
+            push_scopes("a/b", Some("c")),
+            vec!["repository:a/b:pull,push", "repository:c:pull"]
+        );
+        assert_eq!(
+            push_scopes("a/b", Some("a/b")),
+            vec!["repository:a/b:pull,push"]
+        );
     }
 
     #[test]

@@ -72,6 +72,19 @@ pub struct Resolved {
     pub index_bytes: Option<(String, Vec<u8>)>,
 }
 
+/// A manifest or index exactly as the registry served it.
+#[derive(Debug, Clone)]
+pub struct RawManifest {
+    /// Media type (from Content-Type, or the document's `mediaType`).
+    pub media_type: String,
+    /// Whether it is an index / manifest list (else an image manifest).
+    pub is_index: bool,
+    /// The exact bytes.
+    pub bytes: Vec<u8>,
+    /// Their digest.
+    pub digest: Digest,
+}
+
 /// (registry, repository, digest): what per-blob memory is keyed by. For
 /// redirect targets the first part is the endpoint's key instead.
 type BlobKey = (String, String, Digest);
@@ -122,7 +135,7 @@ impl RegistryClient {
         })
     }
 
-    fn t(&self) -> &Transport {
+    pub(super) fn t(&self) -> &Transport {
         &self.inner.transport
     }
 
@@ -132,7 +145,7 @@ impl RegistryClient {
     /// (404, wrong digest). Endpoints that were unavailable in the last
     /// [`super::transport::ENDPOINT_COOLDOWN`] are passed over while a later
     /// one remains.
-    async fn across<T, F, Fut>(
+    pub(super) async fn across<T, F, Fut>(
         &self,
         r: &Reference,
         need: Need,
@@ -260,6 +273,42 @@ impl RegistryClient {
             bytes,
             index: None,
             index_bytes: None,
+        })
+    }
+
+    /// The manifest or index `reference` (a tag or a digest) names, as served: media type,
+    /// exact bytes and their digest, checked against the digest when one is given
+    /// (`r.digest` or a digest `reference`). An index is returned as is, not resolved to a
+    /// platform (for tools that rewrite every platform, such as `lazysnap convert`).
+    ///
+    /// # Errors
+    /// As [`Self::resolve`].
+    pub async fn fetch_raw_manifest(
+        &self,
+        r: &Reference,
+        reference: &str,
+    ) -> Result<RawManifest, RegistryError> {
+        let target = manifest_target(r, reference);
+        let (media_type, kind, bytes) = self.get_manifest(r, reference, &target).await?;
+        let digest = Digest::sha256_of(&bytes);
+        let want = reference
+            .parse::<Digest>()
+            .ok()
+            .or_else(|| r.digest.clone());
+        if let Some(want) = want
+            && want != digest
+        {
+            return Err(RegistryError::DigestMismatch {
+                target: Box::new(target),
+                expected: want,
+                actual: digest,
+            });
+        }
+        Ok(RawManifest {
+            is_index: kind == Kind::Index,
+            media_type,
+            bytes,
+            digest,
         })
     }
 
@@ -623,13 +672,16 @@ fn unreachable_limit() -> RegistryError {
     unreachable!("a u64::MAX limit is never exceeded")
 }
 
-fn identity_headers() -> HeaderMap {
+pub(super) fn identity_headers() -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
     h
 }
 
-fn header_str(resp: &Response, name: impl reqwest::header::AsHeaderName) -> Option<String> {
+pub(super) fn header_str(
+    resp: &Response,
+    name: impl reqwest::header::AsHeaderName,
+) -> Option<String> {
     resp.headers().get(name)?.to_str().ok().map(str::to_string)
 }
 
@@ -637,7 +689,7 @@ fn blob_key(r: &Reference, digest: &Digest) -> BlobKey {
     (r.registry.clone(), r.repository.clone(), digest.clone())
 }
 
-fn manifest_target(r: &Reference, reference: &str) -> Target {
+pub(super) fn manifest_target(r: &Reference, reference: &str) -> Target {
     Target::Manifest {
         registry: r.registry.clone(),
         repository: r.repository.clone(),
@@ -645,7 +697,7 @@ fn manifest_target(r: &Reference, reference: &str) -> Target {
     }
 }
 
-fn blob_target(r: &Reference, digest: &Digest) -> Target {
+pub(super) fn blob_target(r: &Reference, digest: &Digest) -> Target {
     Target::Blob {
         registry: r.registry.clone(),
         repository: r.repository.clone(),

@@ -1,6 +1,7 @@
 //! Registry credentials from docker's `config.json`: `auths` entries
 //! (`auth`, `username`/`password`, `identitytoken`), `credHelpers` and
-//! `credsStore` (by running `docker-credential-<name> get`).
+//! `credsStore` (by running `docker-credential-<name> get`); and, in
+//! `store`, writing and erasing them as `docker login` / `logout` do.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -14,6 +15,12 @@ use tokio::io::AsyncWriteExt as _;
 
 use super::error::RegistryError;
 use super::reference::DOCKER_HUB;
+
+mod store;
+pub use store::{
+    CredentialStore, StoreError, default_config_path, erase_credential, server_address,
+    store_credential,
+};
 
 /// The key Docker Hub's credentials are stored under.
 pub const DOCKER_HUB_AUTH_KEY: &str = "https://index.docker.io/v1/";
@@ -94,17 +101,21 @@ impl Credentials {
     /// Credentials from `path`, or from `$DOCKER_CONFIG/config.json`, else
     /// `~/.docker/config.json`.
     pub fn new(path: Option<PathBuf>) -> Credentials {
-        let path = path.or_else(|| {
-            std::env::var_os("DOCKER_CONFIG")
-                .map(|d| PathBuf::from(d).join("config.json"))
-                .or_else(|| {
-                    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker/config.json"))
-                })
-        });
         Credentials {
-            path,
+            path: path.or_else(default_config_path),
             config: OnceLock::new(),
             cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A source that answers `cred` for `registry` and nothing for any other
+    /// registry, reading no file: for checking credentials before they are
+    /// stored (`lazysnap login`).
+    pub fn fixed(registry: &str, cred: Credential) -> Credentials {
+        Credentials {
+            path: None,
+            config: OnceLock::new(),
+            cache: Mutex::new(HashMap::from([(registry.to_string(), Some(cred))])),
         }
     }
 
@@ -176,23 +187,25 @@ fn load_config(path: &Path) -> DockerConfig {
 /// The `auths` entry for a registry; keys may carry a scheme and a path
 /// (`https://index.docker.io/v1/`).
 fn find_auth<'a>(auths: &'a HashMap<String, AuthEntry>, registry: &str) -> Option<&'a AuthEntry> {
-    let norm = |k: &str| -> String {
-        let k = k
-            .strip_prefix("https://")
-            .or_else(|| k.strip_prefix("http://"))
-            .unwrap_or(k);
-        let host = k.split('/').next().unwrap_or(k);
-        match host {
-            "index.docker.io" | "registry-1.docker.io" => DOCKER_HUB.to_string(),
-            h => h.to_string(),
-        }
-    };
     auths.get(registry).or_else(|| {
         auths
             .iter()
-            .find(|(k, _)| norm(k) == registry)
+            .find(|(k, _)| auth_key_registry(k) == registry)
             .map(|(_, v)| v)
     })
+}
+
+/// The registry an `auths` key (or a `login` argument) names: without
+/// scheme and path, Docker Hub's hosts as `docker.io`.
+pub fn auth_key_registry(key: &str) -> &str {
+    let k = key
+        .strip_prefix("https://")
+        .or_else(|| key.strip_prefix("http://"))
+        .unwrap_or(key);
+    match k.split('/').next().unwrap_or(k) {
+        "index.docker.io" | "registry-1.docker.io" => DOCKER_HUB,
+        h => h,
+    }
 }
 
 fn entry_credential(e: &AuthEntry) -> Option<Credential> {
@@ -243,28 +256,12 @@ pub async fn run_helper(
         host: server.to_string(),
         reason,
     };
-    let mut child = tokio::process::Command::new(program)
-        .arg("get")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| fail(format!("cannot run {}: {e}", program.display())))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(server.as_bytes())
-            .await
-            .map_err(|e| fail(format!("writing stdin: {e}")))?;
-    }
-    let out = tokio::time::timeout(HELPER_TIMEOUT, child.wait_with_output())
+    let out = helper_exec(program, "get", server.as_bytes())
         .await
-        .map_err(|_| fail(format!("no answer in {HELPER_TIMEOUT:?}")))?
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(fail)?;
     if !out.status.success() {
-        let msg = String::from_utf8_lossy(&out.stdout).trim().to_string()
-            + String::from_utf8_lossy(&out.stderr).trim();
-        if msg.to_ascii_lowercase().contains("credentials not found") {
+        let msg = helper_message(&out);
+        if is_not_found(&msg) {
             return Ok(None);
         }
         return Err(fail(format!("{}: {msg}", out.status)));
@@ -285,6 +282,46 @@ pub async fn run_helper(
             password: a.secret,
         }
     }))
+}
+
+/// Runs `<program> <action>` with `input` on stdin, under [`HELPER_TIMEOUT`].
+/// The error names what failed (never the input, which may be a secret).
+async fn helper_exec(
+    program: &Path,
+    action: &str,
+    input: &[u8],
+) -> Result<std::process::Output, String> {
+    let mut child = tokio::process::Command::new(program)
+        .arg(action)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(input)
+            .await
+            .map_err(|e| format!("writing stdin: {e}"))?;
+    }
+    tokio::time::timeout(HELPER_TIMEOUT, child.wait_with_output())
+        .await
+        .map_err(|_| format!("no answer in {HELPER_TIMEOUT:?}"))?
+        .map_err(|e| e.to_string())
+}
+
+/// A failed helper's stdout and stderr, trimmed (helpers print their
+/// errors on either).
+fn helper_message(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+        + String::from_utf8_lossy(&out.stderr).trim()
+}
+
+/// Whether a helper's error is docker-credential-helpers' "credentials not
+/// found in native keychain".
+fn is_not_found(msg: &str) -> bool {
+    msg.to_ascii_lowercase().contains("credentials not found")
 }
 
 #[cfg(test)]

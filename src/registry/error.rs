@@ -40,6 +40,15 @@ pub enum Target {
         /// The bytes asked for.
         range: ByteRange,
     },
+    /// Pushing a blob: its upload session, mount or existence check.
+    Upload {
+        /// Registry as written in the reference.
+        registry: String,
+        /// Repository pushed to.
+        repository: String,
+        /// The blob's digest.
+        digest: Digest,
+    },
     /// A Bearer token endpoint.
     Token {
         /// The realm URL from the challenge.
@@ -69,6 +78,11 @@ impl fmt::Display for Target {
                 digest,
                 range,
             } => write!(f, "range {range} of blob {registry}/{repository}@{digest}"),
+            Target::Upload {
+                registry,
+                repository,
+                digest,
+            } => write!(f, "push of blob {registry}/{repository}@{digest}"),
             Target::Token { realm } => write!(f, "token endpoint {realm}"),
         }
     }
@@ -283,6 +297,39 @@ pub enum RegistryError {
         target: Box<Target>,
         /// Why.
         reason: String,
+    },
+    /// The registry broke the upload protocol (FORMATS.md §6.4): an
+    /// unexpected success status, a missing or bad `Location`, a `Range`
+    /// that disagrees with what was sent.
+    #[error("{target}: {reason}")]
+    Upload {
+        /// The blob (or manifest) being pushed.
+        target: Box<Target>,
+        /// What the registry did, with the HTTP status.
+        reason: String,
+    },
+    /// A local file being pushed from or downloaded into failed.
+    #[error("{target}: {op} {}: {source}", .path.display())]
+    File {
+        /// The blob.
+        target: Box<Target>,
+        /// The file.
+        path: std::path::PathBuf,
+        /// What was being done: "opening", "reading", "writing", ….
+        op: &'static str,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A blob (file or body) whose length is not the one expected.
+    #[error("{target}: {actual} bytes, want {expected}")]
+    SizeMismatch {
+        /// The blob.
+        target: Box<Target>,
+        /// Bytes expected (the size given, or Content-Length).
+        expected: u64,
+        /// Bytes found.
+        actual: u64,
     },
 }
 

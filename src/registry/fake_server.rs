@@ -16,6 +16,8 @@ pub(super) struct Req {
     pub(super) method: String,
     pub(super) path: String,
     pub(super) headers: HashMap<String, String>,
+    /// The body (as long as Content-Length says).
+    pub(super) body: Vec<u8>,
 }
 
 impl Req {
@@ -92,7 +94,8 @@ impl Fake {
                             Ok(n) => buf.extend_from_slice(&tmp[..n]),
                         }
                     }
-                    let text = String::from_utf8_lossy(&buf).to_string();
+                    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    let text = String::from_utf8_lossy(&buf[..head_end]).to_string();
                     let mut lines = text.split("\r\n");
                     let mut first = lines.next().unwrap().split(' ');
                     let method = first.next().unwrap().to_string();
@@ -111,10 +114,23 @@ impl Fake {
                             })
                             .or_insert_with(|| v.trim().to_string());
                     }
+                    // Read the body, so that closing does not reset the connection.
+                    let want: usize = headers
+                        .get("content-length")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    let mut body = buf[head_end..].to_vec();
+                    while body.len() < want {
+                        match sock.read(&mut tmp).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => body.extend_from_slice(&tmp[..n]),
+                        }
+                    }
                     let req = Req {
                         method,
                         path,
                         headers,
+                        body,
                     };
                     log.lock().unwrap().push(req.clone());
                     let r = handler(&req);

@@ -48,7 +48,7 @@ pub struct Capabilities {
     pub pull: bool,
     /// Manifests by tag.
     pub resolve: bool,
-    /// Pushing (lazysnap never pushes; parsed for completeness).
+    /// Pushing blobs and manifests (only the first such endpoint is used, as containerd does).
     pub push: bool,
 }
 
@@ -65,6 +65,7 @@ impl Capabilities {
         match need {
             Need::Pull => self.pull,
             Need::Resolve => self.resolve,
+            Need::Push => self.push,
         }
     }
 }
@@ -76,6 +77,8 @@ pub enum Need {
     Pull,
     /// A manifest by tag.
     Resolve,
+    /// An upload, mount or manifest PUT (and the HEAD before it).
+    Push,
 }
 
 impl fmt::Display for Need {
@@ -83,6 +86,7 @@ impl fmt::Display for Need {
         f.write_str(match self {
             Need::Pull => "pull",
             Need::Resolve => "resolve",
+            Need::Push => "push",
         })
     }
 }

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use reqwest::header::{
     AUTHORIZATION, CONTENT_LENGTH, HeaderMap, HeaderValue, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE,
 };
@@ -69,12 +70,23 @@ pub struct Call<'a> {
     pub reference: &'a Reference,
     /// Where it goes: its origin gets Authorization and the configured headers.
     pub endpoint: &'a Endpoint,
-    /// GET or HEAD.
+    /// GET or HEAD (pushes: POST, PATCH, PUT, DELETE via [`Transport::send_with`]).
     pub method: Method,
     /// Where to send it first.
     pub url: Url,
     /// Accept / Range / Accept-Encoding; never Authorization.
     pub headers: HeaderMap,
+}
+
+/// What a request needs beyond its [`Call`]: token scopes and a body.
+#[derive(Debug, Clone, Default)]
+pub struct Extra {
+    /// Token scopes (FORMATS.md §6.6 grammar), all asked for in one token
+    /// request and cached together; empty means the pull scope of the
+    /// call's repository.
+    pub scopes: Vec<String>,
+    /// The request body, sent again after a 401 and on each redirect hop.
+    pub body: Option<Bytes>,
 }
 
 impl Transport {
@@ -238,17 +250,39 @@ impl Transport {
     /// Network errors, bad redirects, [`RegistryError::Unauthorized`] when a
     /// second 401 follows a fresh token, token endpoint failures.
     pub async fn send(&self, call: &Call<'_>) -> Result<(Response, Url), RegistryError> {
+        self.send_with(call, &Extra::default()).await
+    }
+
+    /// [`Self::send`] asking for `extra.scopes` (pull of the call's
+    /// repository when empty) and sending `extra.body`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::send`].
+    pub async fn send_with(
+        &self,
+        call: &Call<'_>,
+        extra: &Extra,
+    ) -> Result<(Response, Url), RegistryError> {
         let r = call.reference;
         let ep = call.endpoint;
         let host = ep.host.as_str();
         let cred_host = ep.credential_host(r);
         let http = self.http_for(ep)?;
-        let scope = pull_scope(&r.repository);
+        let scopes = if extra.scopes.is_empty() {
+            vec![pull_scope(&r.repository)]
+        } else {
+            extra.scopes.clone()
+        };
+        // The cache key of the token covering all of them.
+        let scope = scopes.join(" ");
         let origin = ep.origin();
         let mut reauthorized = false;
         loop {
-            let auth = self.authorization(call, &http, &scope).await?;
-            let (resp, url) = self.follow(call, &http, &origin, auth.as_ref()).await?;
+            let auth = self.authorization(call, &http, &scope, &scopes).await?;
+            let (resp, url) = self
+                .follow(call, &http, &origin, auth.as_ref(), extra.body.as_ref())
+                .await?;
             if resp.status() != StatusCode::UNAUTHORIZED || url.origin() != origin.origin() {
                 return Ok((resp, url));
             }
@@ -283,12 +317,14 @@ impl Transport {
             if let Challenge::Bearer {
                 realm,
                 service,
-                scopes,
+                scopes: asked,
             } = &challenge
             {
-                let mut all = scopes.clone();
-                if !all.contains(&scope) {
-                    all.push(scope.clone());
+                let mut all = asked.clone();
+                for s in &scopes {
+                    if !all.contains(s) {
+                        all.push(s.clone());
+                    }
                 }
                 let (token, lifetime) = self
                     .fetch_token(cred_host, &http, ep, realm, service.as_deref(), &all)
@@ -314,6 +350,7 @@ impl Transport {
         call: &Call<'_>,
         http: &reqwest::Client,
         scope: &str,
+        scopes: &[String],
     ) -> Result<Option<HeaderValue>, RegistryError> {
         let ep = call.endpoint;
         let host = ep.host.as_str();
@@ -325,14 +362,7 @@ impl Transport {
         match known {
             Some(Challenge::Bearer { realm, service, .. }) => {
                 let (t, lifetime) = self
-                    .fetch_token(
-                        cred_host,
-                        http,
-                        ep,
-                        &realm,
-                        service.as_deref(),
-                        &[scope.to_string()],
-                    )
+                    .fetch_token(cred_host, http, ep, &realm, service.as_deref(), scopes)
                     .await?;
                 self.tokens.put(host, scope, t.clone(), lifetime);
                 Ok(HeaderValue::from_str(&format!("Bearer {t}")).ok())
@@ -355,12 +385,16 @@ impl Transport {
         http: &reqwest::Client,
         registry: &Url,
         auth: Option<&HeaderValue>,
+        body: Option<&Bytes>,
     ) -> Result<(Response, Url), RegistryError> {
         let mut url = call.url.clone();
         for _ in 0..=MAX_REDIRECTS {
             let mut req = http
                 .request(call.method.clone(), url.clone())
                 .headers(call.headers.clone());
+            if let Some(b) = body {
+                req = req.body(b.clone());
+            }
             if url.origin() == registry.origin() {
                 for (k, v) in &call.endpoint.headers {
                     req = req.header(k.clone(), v.clone());

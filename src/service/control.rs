@@ -1,5 +1,10 @@
 //! lazysnap's Control service (`lazysnap.v1.Control`): what the CLI asks the
 //! daemon. The CLI never opens the daemon's database itself.
+//!
+//! - `Status`: version, root, counts and mounts.
+//! - `StartRecording` / `StopRecording`: access recording of a snapshot's
+//!   union (see `proto/lazysnap/v1/control.proto`; the CLI side is
+//!   [`super::control_client`]).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -8,7 +13,7 @@ use tonic::{Request, Response, Status};
 
 use super::proto::lazysnap::v1 as pb;
 use crate::fs::MountState;
-use crate::snapshot::Snapshotter;
+use crate::snapshot::{SnapshotError, Snapshotter};
 
 /// The Control gRPC service.
 #[derive(Debug, Clone)]
@@ -60,6 +65,47 @@ impl pb::control_server::Control for ControlService {
                 })
                 .collect(),
             uptime_seconds: self.started.elapsed().as_secs(),
+        }))
+    }
+
+    async fn start_recording(
+        &self,
+        req: Request<pb::StartRecordingRequest>,
+    ) -> Result<Response<pb::StartRecordingResponse>, Status> {
+        let r = req.into_inner();
+        let s = self.inner.clone();
+        let (backend_key, restarted) = tokio::task::spawn_blocking(move || {
+            let key = s.resolve_key(&r.namespace, &r.key)?;
+            let restarted = s.start_recording(&key)?;
+            Ok::<_, SnapshotError>((key, restarted))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(pb::StartRecordingResponse {
+            backend_key,
+            restarted,
+        }))
+    }
+
+    async fn stop_recording(
+        &self,
+        req: Request<pb::StopRecordingRequest>,
+    ) -> Result<Response<pb::StopRecordingResponse>, Status> {
+        let r = req.into_inner();
+        let s = self.inner.clone();
+        let (backend_key, paths) = tokio::task::spawn_blocking(move || {
+            let key = s.resolve_key(&r.namespace, &r.key)?;
+            let paths = s.stop_recording(&key)?;
+            Ok::<_, SnapshotError>((key, paths))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(pb::StopRecordingResponse {
+            paths: paths
+                .iter()
+                .map(|p| p.to_string_lossy().into_owned())
+                .collect(),
+            backend_key,
         }))
     }
 }

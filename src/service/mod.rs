@@ -3,6 +3,7 @@
 //! code mapping; signals. No business logic: proto ↔ domain conversion only.
 
 mod control;
+pub mod control_client;
 mod grpc;
 pub mod proto;
 mod serve;

@@ -9,6 +9,7 @@ pub mod filter;
 mod implicit;
 mod mounter;
 mod mounts;
+mod recording;
 mod remote;
 mod remote_prepare;
 mod snapshotter;

@@ -5,9 +5,9 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use crate::fs::{self, FsError, MountHandle, MountSpec, MountState};
+use crate::fs::{self, FsError, MountHandle, MountSpec, MountState, Recorder};
 
 /// Mounts unions for snapshots.
 pub trait LayerMounter: Send + Sync + std::fmt::Debug {
@@ -23,6 +23,11 @@ pub trait LayerMounter: Send + Sync + std::fmt::Debug {
     fn unmount(&self, mountpoint: &Path) -> Result<(), FsError>;
     /// Live, dead (ENOTCONN) or absent.
     fn state(&self, mountpoint: &Path) -> MountState;
+    /// The access recorder of the union this mounter serves at
+    /// `mountpoint`; `None` when it serves none there (or records nothing).
+    fn recorder(&self, _mountpoint: &Path) -> Option<Arc<Recorder>> {
+        None
+    }
 }
 
 /// The real mounter: lazysnap's FUSE union, served by this process on the
@@ -67,5 +72,13 @@ impl LayerMounter for FuseMounter {
 
     fn state(&self, mountpoint: &Path) -> MountState {
         fs::mount_state(mountpoint)
+    }
+
+    fn recorder(&self, mountpoint: &Path) -> Option<Arc<Recorder>> {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(mountpoint)
+            .map(MountHandle::recorder)
     }
 }

@@ -19,7 +19,6 @@
 //!    per chunk); a mismatch is fetched once more, then the read fails (EIO).
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::OnceCell;
@@ -28,18 +27,15 @@ use bytes::Bytes;
 use tracing::{debug, warn};
 
 use crate::cache::{CacheMismatch, ChunkCache};
-use crate::format::estargz::{footer, parse_toc, toc_json_from_gzip_member, verify_toc};
+use crate::format::estargz::{parse_toc, verify_toc};
 use crate::format::{Compression, FormatError, Toc, chunk::decode_verified, zstd_chunked};
 use crate::fs::{ChunkReader, FsError};
+use crate::image::ImageError;
+use crate::image::source::Source;
+use crate::image::toc::{TocError, read_toc};
 use crate::oci::Digest;
-use crate::oci::labels::{RemoteLabels, STARGZ_TOC_DIGEST};
+use crate::oci::labels::RemoteLabels;
 use crate::registry::{Platform, Reference, RegistryClient, RegistryError};
-
-/// Bytes fetched from the end of a blob to find the footer (and, for small
-/// layers, the TOC) in one request.
-const TAIL_BYTES: u64 = 64 << 10;
-/// Largest uncompressed zstd TOC accepted.
-const MAX_ZSTD_TOC: u64 = crate::format::estargz::toc_json::MAX_TOC_BYTES;
 
 /// (image reference, layer digest) of a layer resolved ahead of its Prepare.
 pub type AheadKey = (String, Digest);
@@ -156,95 +152,30 @@ impl RemoteContext {
                     manifest.digest
                 ))
             })?;
-        let toc_digest = desc
-            .annotations()
-            .as_ref()
-            .and_then(|a| a.get(STARGZ_TOC_DIGEST).cloned())
-            .or_else(|| labels.toc_digest.as_ref().map(|d| d.to_string()));
+        let empty = HashMap::new();
+        let annotations = desc.annotations().as_ref().unwrap_or(&empty);
         let size = desc.size();
         let digest = labels.layer_digest.clone();
-        let Some(toc_digest) = toc_digest else {
-            // zstd:chunked (FORMATS.md §2.3): the annotations locate the
-            // compressed TOC and anchor it (sha256 of the compressed bytes);
-            // one range request, no footer.
-            let empty = HashMap::new();
-            let annotations = desc.annotations().as_ref().unwrap_or(&empty);
-            let mref = zstd_chunked::ManifestRef::from_annotations(annotations)
-                .map_err(|e| not_lazy(format!("zstd:chunked annotations: {e}")))?
-                .ok_or_else(|| {
-                    not_lazy(format!(
-                        "no {STARGZ_TOC_DIGEST} or zstd:chunked manifest-checksum annotation \
-                         (neither eStargz nor zstd:chunked)"
-                    ))
-                })?;
-            let pos = mref.position;
-            let end = pos
-                .end()
-                .filter(|&end| end <= size && pos.compressed_len > 0)
-                .ok_or_else(|| {
-                    not_lazy(format!(
-                        "zstd:chunked TOC [{}, +{}) is outside the blob of {size} bytes",
-                        pos.offset, pos.compressed_len
-                    ))
-                })?;
-            let compressed = self
-                .client
-                .read_range(&reference, &digest, pos.offset, end)
-                .await
-                .map_err(net)?;
-            let toc = zstd_chunked::open_toc(&compressed, &mref.checksum, pos.offset)
-                .map_err(|e| not_lazy(e.to_string()))?;
-            debug!(layer = %digest, entries = toc.entries.len(), "zstd:chunked TOC verified");
-            return Ok(ResolvedLayer {
-                reference,
-                digest,
-                media_type: desc.media_type().to_string(),
-                size,
-                toc_digest: mref.checksum,
-                // The compressed TOC: what the checksum covers (see `reopen_toc`).
-                toc_json: compressed.to_vec(),
-                toc_offset: pos.offset,
-                toc: Arc::new(toc),
-            });
+        let src = Source::Registry {
+            client: self.client.clone(),
+            reference: reference.clone(),
         };
-        let toc_digest: Digest = toc_digest
-            .parse()
-            .map_err(|e| not_lazy(format!("{STARGZ_TOC_DIGEST}: {e}")))?;
-
-        let tail_start = size.saturating_sub(TAIL_BYTES);
-        let tail = self
-            .client
-            .read_range(&reference, &digest, tail_start, size)
-            .await
-            .map_err(net)?;
-        let footer = footer::parse(&tail, size).map_err(|e| not_lazy(e.to_string()))?;
-        let (start, end) = footer.toc_range(size);
-        let toc_bytes: Bytes = if start >= tail_start {
-            tail.slice((start - tail_start) as usize..(end - tail_start) as usize)
-        } else {
-            self.client
-                .read_range(&reference, &digest, start, end)
-                .await
-                .map_err(net)?
+        let lt = match read_toc(&src, &digest, size, annotations).await {
+            Ok(lt) => lt,
+            Err(TocError::NotLazy(reason)) => return Err(not_lazy(reason)),
+            Err(TocError::Read(ImageError::Registry { source, .. })) => return Err(net(*source)),
+            Err(TocError::Read(e)) => return Err(not_lazy(e.to_string())),
         };
-        let json = match footer.compression() {
-            Compression::Gzip => toc_json_from_gzip_member(&toc_bytes),
-            Compression::Zstd => zstd_toc(&toc_bytes, footer.toc_uncompressed_len),
-        }
-        .map_err(|e| not_lazy(e.to_string()))?;
-        verify_toc(&json, &toc_digest).map_err(|e| not_lazy(e.to_string()))?;
-        let toc = parse_toc(&json, footer.toc_offset, footer.compression())
-            .map_err(|e| not_lazy(e.to_string()))?;
-        debug!(layer = %digest, entries = toc.entries.len(), "TOC verified");
+        debug!(layer = %digest, entries = lt.toc.entries.len(), kind = ?lt.kind, "TOC verified");
         Ok(ResolvedLayer {
             reference,
             digest,
             media_type: desc.media_type().to_string(),
             size,
-            toc_digest,
-            toc_json: json,
-            toc_offset: footer.toc_offset,
-            toc: Arc::new(toc),
+            toc_digest: lt.toc_digest,
+            toc_json: lt.anchored,
+            toc_offset: lt.toc_offset,
+            toc: Arc::new(lt.toc),
         })
     }
 
@@ -390,24 +321,6 @@ pub fn reopen_toc(
     }
     verify_toc(json, toc_digest)?;
     parse_toc(json, toc_offset, compression)
-}
-
-fn zstd_toc(compressed: &[u8], uncompressed_len: u64) -> Result<Vec<u8>, FormatError> {
-    if uncompressed_len > MAX_ZSTD_TOC {
-        return Err(FormatError::TooLarge {
-            what: "zstd TOC",
-            size: uncompressed_len,
-            max: MAX_ZSTD_TOC,
-        });
-    }
-    let mut out = Vec::with_capacity(uncompressed_len as usize);
-    zstd::stream::read::Decoder::new(compressed)
-        .and_then(|d| d.take(MAX_ZSTD_TOC + 1).read_to_end(&mut out))
-        .map_err(|e| FormatError::Decompress {
-            what: "zstd TOC".to_string(),
-            message: e.to_string(),
-        })?;
-    Ok(out)
 }
 
 /// Why one chunk fetch failed; shared by every reader waiting on it.

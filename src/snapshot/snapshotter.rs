@@ -55,7 +55,7 @@ pub struct Status {
 pub struct Snapshotter {
     pub(super) root: PathBuf,
     pub(super) store: Store,
-    mounter: Arc<dyn LayerMounter>,
+    pub(super) mounter: Arc<dyn LayerMounter>,
     /// Registry + cache for lazily served layers; `None` serves local layers only.
     pub(super) remote: Option<Arc<RemoteContext>>,
     /// The remote lowers of committed remote snapshots, by snapshot id: the
@@ -138,7 +138,7 @@ impl Snapshotter {
             .join(id.to_string())
             .join("work")
     }
-    fn mount_point(&self, id: u64) -> PathBuf {
+    pub(super) fn mount_point(&self, id: u64) -> PathBuf {
         self.root.join("mnt").join(id.to_string())
     }
 

@@ -21,6 +21,9 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+pub mod convert;
+pub mod tree;
+
 /// Seconds after which a single `ctr` call is considered hung (it is then killed and the
 /// test fails instead of hanging forever on a stuck mount).
 pub const CTR_TIMEOUT_SECS: u32 = 300;

@@ -226,7 +226,10 @@ class ProxyHandler(Base):
                                   fault="auth-expired" if exp else "auth-missing")
 
         is_blob = "/blobs/sha256:" in url.path and self.command in ("GET", "HEAD")
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+        headers = {}
+        for k, v in self.headers.items():  # repeated headers (Go sends one Accept per type)
+            if k.lower() not in HOP_BY_HOP:
+                headers[k] = f"{headers[k]}, {v}" if k in headers else v
         headers.pop("Authorization", None)  # the upstream registry has no auth
         rng = self.headers.get("Range")
 
