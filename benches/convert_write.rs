@@ -1,7 +1,8 @@
 //! Layer writer rate: `write_layer` over a synthetic ~50 MB layer tar of
 //! 1,000 files (1 KiB to 96 KiB, text-like) in 25 directories, written as
 //! eStargz at the default gzip level 9 and at level 6, and as zstd:chunked
-//! at its default level 10; throughput in bytes/s of uncompressed input.
+//! at its default level 10, with members compressed on the calling thread
+//! and on one worker per CPU; throughput in bytes/s of uncompressed input.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use lazysnap::format::writer::{LayerFormat, WriterOptions, write_layer};
@@ -56,14 +57,28 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("convert_write");
     g.throughput(Throughput::Bytes(tar.len() as u64));
     g.sample_size(10);
+    // threads 1: members compressed on the calling thread; 0: one worker per CPU.
     let cases = [
-        ("estargz_level9", LayerFormat::Estargz, 9),
-        ("estargz_level6", LayerFormat::Estargz, 6),
-        ("zstd_chunked_level10", LayerFormat::ZstdChunked, 10),
+        ("estargz_level9_1thread", LayerFormat::Estargz, 9, 1),
+        ("estargz_level9_all_cpus", LayerFormat::Estargz, 9, 0),
+        ("estargz_level6_all_cpus", LayerFormat::Estargz, 6, 0),
+        (
+            "zstd_chunked_level10_1thread",
+            LayerFormat::ZstdChunked,
+            10,
+            1,
+        ),
+        (
+            "zstd_chunked_level10_all_cpus",
+            LayerFormat::ZstdChunked,
+            10,
+            0,
+        ),
     ];
-    for (name, format, level) in cases {
+    for (name, format, level, threads) in cases {
         let mut opts = WriterOptions::new(format);
         opts.level = level;
+        opts.threads = threads;
         g.bench_function(name, |b| {
             b.iter(|| write_layer(&tar[..], std::io::sink(), &opts, spool.path()).unwrap())
         });

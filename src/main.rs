@@ -54,6 +54,9 @@ enum Command {
     Convert(cmd::convert::ConvertArgs),
     /// Show an image's layers: sizes, media types, lazy formats, TOCs, landmarks.
     Inspect(cmd::inspect::InspectArgs),
+    /// Commit a container's writable layer as a new lazily pullable image, without
+    /// downloading the image's lower layers; push it or write an OCI layout.
+    Commit(cmd::commit::CommitArgs),
     /// Log in to a registry: check the credentials, then store them as `docker login` does.
     Login(cmd::login::LoginArgs),
     /// Remove a registry's stored credentials.
@@ -125,6 +128,7 @@ fn main() -> anyhow::Result<()> {
         Command::Pull(a) => rt.block_on(cmd::pull::run(a)),
         Command::Convert(a) => rt.block_on(cmd::convert::run(a)),
         Command::Inspect(a) => rt.block_on(cmd::inspect::run(a)),
+        Command::Commit(a) => rt.block_on(cmd::commit::run(a)),
         Command::Login(a) => rt.block_on(cmd::login::login(a)),
         Command::Logout(a) => rt.block_on(cmd::login::logout(a)),
     }

@@ -93,9 +93,7 @@ pub async fn login(a: LoginArgs) -> anyhow::Result<()> {
         timeout: LOGIN_TIMEOUT,
     };
     if check_login(&opts, &username, &password).await? == LoginCheck::Anonymous {
-        eprintln!(
-            "WARNING! {registry} answers without credentials; they are stored unchecked."
-        );
+        eprintln!("WARNING! {registry} answers without credentials; they are stored unchecked.");
     }
     match store_credential(&config, &registry, &username, &password).await? {
         CredentialStore::File(path) => eprintln!(

@@ -41,6 +41,8 @@
 mod diff;
 mod error;
 mod header;
+pub mod image;
+mod layer;
 mod tar;
 
 #[cfg(test)]
@@ -52,4 +54,5 @@ mod tests_sparse;
 
 pub use diff::{Change, ChangeKind, Meta, Mtime, OPAQUE_MARKER, WHITEOUT_PREFIX, changes};
 pub use error::CommitError;
+pub use layer::{CommittedLayer, LayerError, write_upper_layer};
 pub use tar::{TarOptions, TarWritten, write_tar};

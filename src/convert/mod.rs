@@ -387,6 +387,9 @@ impl Ctx {
                 converted: false,
                 put,
             };
+            // The manifest is OCI: a Docker layer type gets its OCI name (same bytes).
+            let mut desc = desc;
+            desc["mediaType"] = json!(media::oci_layer_type(&media_type));
             return Ok((desc, diff_id, outcome));
         }
         let task = self

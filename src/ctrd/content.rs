@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use containerd_client::services::v1::content_client::ContentClient;
 use containerd_client::services::v1::{
-    Info, InfoRequest, UpdateRequest, WriteAction, WriteContentRequest,
+    Info, InfoRequest, ReadContentRequest, UpdateRequest, WriteAction, WriteContentRequest,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -154,6 +154,38 @@ impl Ctrd {
             Err(s) if s.code() == Code::NotFound => Ok(None),
             Err(s) => Err(CtrdError::rpc("Content.Info", digest.to_string(), s)),
         }
+    }
+
+    /// A blob of the content store, whole, checked against `digest`.
+    ///
+    /// # Errors
+    /// [`CtrdError::Rpc`] naming `Content.Read` (NotFound when the store lacks it);
+    /// [`CtrdError::BadImage`] when the bytes do not hash to `digest`.
+    pub async fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>, CtrdError> {
+        let mut stream = ContentClient::new(self.channel())
+            .read(self.request(ReadContentRequest {
+                digest: digest.to_string(),
+                offset: 0,
+                size: 0,
+            }))
+            .await
+            .map_err(|s| CtrdError::rpc("Content.Read", digest.as_str(), s))?
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(msg) = stream
+            .message()
+            .await
+            .map_err(|s| CtrdError::rpc("Content.Read", digest.as_str(), s))?
+        {
+            out.extend_from_slice(&msg.data);
+        }
+        if !digest.verify(&out) {
+            return Err(CtrdError::BadImage {
+                reference: digest.to_string(),
+                reason: "the content store's bytes do not match their digest".into(),
+            });
+        }
+        Ok(out)
     }
 }
 

@@ -17,6 +17,7 @@
 
 pub mod content;
 pub mod error;
+pub mod import;
 pub mod plan;
 pub mod pull;
 pub mod run;

@@ -14,7 +14,8 @@ use containerd_client::services::v1::snapshots::{
 };
 use containerd_client::services::v1::{
     ApplyRequest, CreateImageRequest, CreateRequest as CreateLeaseRequest,
-    DeleteRequest as DeleteLeaseRequest, Image, UpdateImageRequest,
+    DeleteRequest as DeleteLeaseRequest, GetImageRequest, Image, ListImagesRequest,
+    UpdateImageRequest,
 };
 use containerd_client::types::{Descriptor, Mount};
 use tonic::Code;
@@ -232,5 +233,34 @@ impl Ctrd {
             }
             Err(s) => Err(CtrdError::rpc("Images.Create", name, s)),
         }
+    }
+
+    /// Image `name` of the namespace, if it exists.
+    ///
+    /// # Errors
+    /// [`CtrdError::Rpc`] naming `Images.Get` (other than NotFound).
+    pub async fn get_image(&self, name: &str) -> Result<Option<Image>, CtrdError> {
+        match ImagesClient::new(self.channel())
+            .get(self.request(GetImageRequest {
+                name: name.to_string(),
+            }))
+            .await
+        {
+            Ok(r) => Ok(r.into_inner().image),
+            Err(s) if s.code() == Code::NotFound => Ok(None),
+            Err(s) => Err(CtrdError::rpc("Images.Get", name, s)),
+        }
+    }
+
+    /// The names of the namespace's images.
+    ///
+    /// # Errors
+    /// [`CtrdError::Rpc`] naming `Images.List`.
+    pub async fn list_image_names(&self) -> Result<Vec<String>, CtrdError> {
+        let r = ImagesClient::new(self.channel())
+            .list(self.request(ListImagesRequest { filters: vec![] }))
+            .await
+            .map_err(|s| CtrdError::rpc("Images.List", "", s))?;
+        Ok(r.into_inner().images.into_iter().map(|i| i.name).collect())
     }
 }

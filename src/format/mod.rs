@@ -9,6 +9,8 @@
 pub mod chunk;
 mod error;
 pub mod estargz;
+pub mod pax;
+pub mod tar_reader;
 pub mod toc;
 pub mod writer;
 pub mod zstd_chunked;

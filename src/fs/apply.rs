@@ -13,8 +13,11 @@
 //! - parents the layer does not name are created 0755 and marked
 //!   [`IMPLICIT_XATTR`], so the union shows the metadata of the layer below
 //!   for them (field case B27);
-//! - owners, modes (with setuid/setgid/sticky), xattrs (`SCHILY.xattr.*`),
-//!   mtimes, hardlinks within the layer, devices and fifos are kept;
+//! - owners, modes (with setuid/setgid/sticky), xattrs (`SCHILY.xattr.*`,
+//!   binary values byte for byte), mtimes (PAX nanoseconds too), hardlinks
+//!   within the layer, devices and fifos are kept; PAX `path`, `linkpath`,
+//!   `size`, `uid`, `gid` and `mtime` win over the header's fields
+//!   ([`TarReader`]); PAX global headers are skipped, PAX sparse files refused;
 //! - no entry is written through a symlink: a name whose parent is a symlink
 //!   in this layer is refused, so a layer cannot write outside its dir.
 
@@ -30,6 +33,7 @@ use nix::unistd::{Gid, Uid, fchownat, mkfifo};
 
 use super::FsError;
 use super::backing::{make_whiteout, set_opaque, set_xattr};
+use crate::format::tar_reader::{TarError, TarReader};
 
 /// Marks a directory the layer did not name itself (created for a child).
 pub const IMPLICIT_XATTR: &str = "trusted.lazysnap.implicit";
@@ -99,6 +103,9 @@ fn remove_any(path: &Path) -> Result<(), FsError> {
     }
 }
 
+/// A directory's mode and mtime (seconds, nanoseconds), set after its children.
+type DirMeta = (u32, (i64, u32));
+
 /// Applies the uncompressed layer tar `tar` to the layer dir `root` (empty
 /// or absent).
 ///
@@ -107,17 +114,29 @@ fn remove_any(path: &Path) -> Result<(), FsError> {
 /// would be written through a symlink, or a write that fails (ENOSPC…).
 pub fn apply_layer(tar: impl Read, root: &Path) -> Result<ApplyStats, FsError> {
     std::fs::create_dir_all(root).map_err(io("mkdir", root))?;
-    let mut archive = tar::Archive::new(tar);
+    // Our reader, not the tar crate's: PAX records are split by their length
+    // prefix, so binary xattr values holding `\n` and the records after
+    // them (path, size, ...) are kept.
+    let mut reader = TarReader::new(tar);
     let mut stats = ApplyStats::default();
     let mut whited_out: HashSet<PathBuf> = HashSet::new();
     // Directory metadata is applied last: writing children changes mtimes.
     // The last entry of a repeated directory wins (B21).
-    let mut dirs: std::collections::HashMap<PathBuf, (u32, i64)> = std::collections::HashMap::new();
-    let entries = archive.entries().map_err(io("read layer", root))?;
-    for entry in entries {
-        let mut entry = entry.map_err(io("read layer", root))?;
-        let raw = entry.path().map_err(io("read layer", root))?.into_owned();
+    let mut dirs: std::collections::HashMap<PathBuf, DirMeta> = std::collections::HashMap::new();
+    let tar_err = |e: TarError| FsError::io("read layer", root, e.into());
+    while let Some(entry) = reader.next_entry().map_err(tar_err)? {
+        if entry.typeflag() == b'g' {
+            continue; // PAX global headers apply to nothing here (as in Go's archive/tar).
+        }
+        let raw = PathBuf::from(OsStr::from_bytes(&entry.path));
         let Some(rel) = clean(&raw) else { continue };
+        if entry.pax.iter().any(|(k, _)| k.starts_with(b"GNU.sparse.")) {
+            return Err(FsError::io(
+                "read layer",
+                root.join(&rel),
+                std::io::Error::other("PAX sparse files (GNU.sparse.*) are not supported"),
+            ));
+        }
         let name = rel
             .file_name()
             .map(OsStr::as_bytes)
@@ -150,7 +169,7 @@ pub fn apply_layer(tar: impl Read, root: &Path) -> Result<ApplyStats, FsError> {
             continue;
         }
         parents(root, &rel)?;
-        let h = entry.header().clone();
+        let h = tar::Header::from_byte_slice(&entry.header);
         let kind = h.entry_type();
         let existing = std::fs::symlink_metadata(&path).ok();
         let keep_dir = kind.is_dir() && existing.as_ref().is_some_and(|m| m.is_dir());
@@ -159,10 +178,7 @@ pub fn apply_layer(tar: impl Read, root: &Path) -> Result<ApplyStats, FsError> {
             dirs.retain(|d, _| !d.starts_with(&path));
         }
         if kind.is_hard_link() {
-            let target = entry
-                .link_name()
-                .map_err(io("read layer", &path))?
-                .and_then(|t| clean(&t))
+            let target = clean(Path::new(OsStr::from_bytes(&entry.link)))
                 .ok_or_else(|| FsError::io("link", &path, std::io::Error::other("no target")))?;
             let tpath = root.join(&target);
             if std::fs::symlink_metadata(&tpath).is_ok_and(|m| m.is_dir()) {
@@ -177,9 +193,11 @@ pub fn apply_layer(tar: impl Read, root: &Path) -> Result<ApplyStats, FsError> {
             continue; // A hardlink shares the target's metadata.
         }
         let mode = h.mode().map_err(io("read layer", &path))? & 0o7777;
-        let uid = h.uid().map_err(io("read layer", &path))?;
-        let gid = h.gid().map_err(io("read layer", &path))?;
-        let mtime = h.mtime().map_err(io("read layer", &path))? as i64;
+        let bad = |e: TarError| FsError::io("read layer", &path, e.into());
+        // PAX uid, gid and mtime (with nanoseconds) win over the header's.
+        let uid = entry.uid().map_err(bad)?;
+        let gid = entry.gid().map_err(bad)?;
+        let mtime = entry.mtime().map_err(bad)?;
         if kind.is_dir() {
             if !keep_dir {
                 std::fs::create_dir(&path).map_err(io("mkdir", &path))?;
@@ -187,13 +205,17 @@ pub fn apply_layer(tar: impl Read, root: &Path) -> Result<ApplyStats, FsError> {
             let _ = super::backing::remove_xattr(&path, OsStr::new(IMPLICIT_XATTR));
         } else if kind.is_file() || kind == tar::EntryType::Continuous || kind.is_gnu_sparse() {
             let mut f = std::fs::File::create(&path).map_err(io("create", &path))?;
-            stats.bytes += std::io::copy(&mut entry, &mut f).map_err(io("write", &path))?;
+            stats.bytes += std::io::copy(&mut reader, &mut f).map_err(io("write", &path))?;
         } else if kind.is_symlink() {
-            let target = entry
-                .link_name()
-                .map_err(io("read layer", &path))?
-                .ok_or_else(|| FsError::io("symlink", &path, std::io::Error::other("no target")))?;
-            std::os::unix::fs::symlink(&*target, &path).map_err(io("symlink", &path))?;
+            if entry.link.is_empty() {
+                return Err(FsError::io(
+                    "symlink",
+                    &path,
+                    std::io::Error::other("no target"),
+                ));
+            }
+            std::os::unix::fs::symlink(OsStr::from_bytes(&entry.link), &path)
+                .map_err(io("symlink", &path))?;
         } else if kind.is_character_special() || kind.is_block_special() {
             let major = h.device_major().ok().flatten().unwrap_or(0);
             let minor = h.device_minor().ok().flatten().unwrap_or(0);
@@ -224,14 +246,9 @@ pub fn apply_layer(tar: impl Read, root: &Path) -> Result<ApplyStats, FsError> {
         )
         .map_err(|e| FsError::io("chown", &path, e.into()))?;
         // After chown, which clears security.capability.
-        if let Some(exts) = entry.pax_extensions().map_err(io("read layer", &path))? {
-            for ext in exts {
-                let ext = ext.map_err(io("read layer", &path))?;
-                if let Some(key) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.")
-                    && !key.starts_with(b"trusted.overlay.")
-                {
-                    set_xattr(&path, OsStr::from_bytes(key), ext.value_bytes(), 0)?;
-                }
+        for (key, value) in entry.xattrs() {
+            if !key.starts_with(b"trusted.overlay.") {
+                set_xattr(&path, OsStr::from_bytes(key), value, 0)?;
             }
         }
         if kind.is_dir() {
@@ -241,19 +258,19 @@ pub fn apply_layer(tar: impl Read, root: &Path) -> Result<ApplyStats, FsError> {
                 std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(mode))
                     .map_err(io("chmod", &path))?;
             }
-            let t = TimeSpec::new(mtime, 0);
+            let t = TimeSpec::new(mtime.0, mtime.1.into());
             utimensat(None, &path, &t, &t, UtimensatFlags::NoFollowSymlink)
                 .map_err(|e| FsError::io("utimens", &path, e.into()))?;
         }
         stats.entries += 1;
     }
-    let mut dirs: Vec<(PathBuf, (u32, i64))> = dirs.into_iter().collect();
+    let mut dirs: Vec<(PathBuf, DirMeta)> = dirs.into_iter().collect();
     // Deepest first, so setting a child's times does not touch a parent's after.
     dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
     for (path, (mode, mtime)) in dirs {
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(mode))
             .map_err(io("chmod", &path))?;
-        let t = TimeSpec::new(mtime, 0);
+        let t = TimeSpec::new(mtime.0, mtime.1.into());
         utimensat(None, &path, &t, &t, UtimensatFlags::NoFollowSymlink)
             .map_err(|e| FsError::io("utimens", &path, e.into()))?;
     }
@@ -365,6 +382,96 @@ mod tests {
             std::fs::read_link(root.join("lnk")).unwrap(),
             PathBuf::from("etc/b")
         );
+    }
+
+    /// A v2 `security.capability` (permitted 0x0a0a): `0a 0a` inside.
+    const CAP: [u8; 20] = [
+        1, 0, 0, 2, 0x0a, 0x0a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+
+    #[test]
+    fn pax_records_after_a_binary_xattr_are_applied() {
+        let mut b = tar::Builder::new(Vec::new());
+        let pax = |b: &mut tar::Builder<Vec<u8>>, recs: &[(&[u8], &[u8])]| {
+            let mut data = Vec::new();
+            for (k, v) in recs {
+                crate::format::pax::encode_record(&mut data, k, v);
+            }
+            let mut h = tar::Header::new_ustar();
+            h.set_entry_type(tar::EntryType::XHeader);
+            h.set_size(data.len() as u64);
+            h.set_cksum();
+            b.append(&h, &data[..]).unwrap();
+        };
+        let long = format!("usr/bin/{}/ping", "p".repeat(120));
+        // Go's order: xattrs sort before `mtime`, `path`, `size`, `uid`.
+        pax(
+            &mut b,
+            &[
+                (b"SCHILY.xattr.security.capability", &CAP),
+                (b"SCHILY.xattr.user.nl", b"a\n\nb"),
+                (b"gid", b"4243"),
+                (b"mtime", b"1700000000.123456789"),
+                (b"path", long.as_bytes()),
+                (b"size", b"5"),
+                (b"uid", b"4242"),
+            ],
+        );
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o755);
+        h.set_size(0); // the PAX size (5) wins
+        h.set_mtime(1);
+        h.as_old_mut().name[..4].copy_from_slice(b"junk");
+        h.set_cksum();
+        let mut data = b"ping\n".to_vec();
+        data.resize(512, 0);
+        // Header and data blocks by hand: `append` would take the header size.
+        b.get_mut().extend_from_slice(h.as_bytes());
+        b.get_mut().extend_from_slice(&data);
+        pax(
+            &mut b,
+            &[(b"SCHILY.xattr.user.eq", b"=\n="), (b"path", b"etc/after")],
+        );
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_size(3);
+        h.set_mtime(1_700_000_000);
+        h.set_cksum();
+        b.append_data(&mut h, "etc/x", &b"abc"[..]).unwrap();
+        pax(&mut b, &[(b"linkpath", b"ping-target")]);
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_mode(0o777);
+        h.set_size(0);
+        h.set_mtime(1_700_000_000);
+        h.set_cksum();
+        b.append_data(&mut h, "usr/bin/ping", &[][..]).unwrap();
+        let t = b.into_inner().unwrap();
+
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("fs");
+        let stats = apply_layer(&t[..], &root).unwrap();
+        assert_eq!((stats.entries, stats.bytes), (3, 8));
+        let ping = root.join(&long);
+        assert_eq!(std::fs::read(&ping).unwrap(), b"ping\n");
+        let x = |p: &Path, n: &str| get_xattr(p, OsStr::new(n)).unwrap();
+        assert_eq!(x(&ping, "security.capability").as_deref(), Some(&CAP[..]));
+        assert_eq!(x(&ping, "user.nl").as_deref(), Some(&b"a\n\nb"[..]));
+        let md = std::fs::symlink_metadata(&ping).unwrap();
+        assert_eq!((md.uid(), md.gid()), (4242, 4243));
+        assert_eq!((md.mtime(), md.mtime_nsec()), (1_700_000_000, 123_456_789));
+        assert_eq!(md.permissions().mode() & 0o7777, 0o755);
+        let link = root.join("usr/bin/ping");
+        assert_eq!(
+            std::fs::read_link(&link).unwrap(),
+            PathBuf::from("ping-target")
+        );
+        let after = root.join("etc/after");
+        assert_eq!(std::fs::read(&after).unwrap(), b"abc");
+        assert_eq!(x(&after, "user.eq").as_deref(), Some(&b"=\n="[..]));
+        assert!(!root.join("etc/x").exists());
     }
 
     #[test]

@@ -42,6 +42,21 @@ pub fn layer_compression(media_type: &str) -> Option<LayerCompression> {
     })
 }
 
+/// The OCI media type of a layer with these bytes: Docker schema2 layer types map to
+/// their OCI equivalents (same bytes); other types are returned as they are.
+pub fn oci_layer_type(media_type: &str) -> &str {
+    match media_type {
+        "application/vnd.docker.image.rootfs.diff.tar.gzip" => {
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+        }
+        "application/vnd.docker.image.rootfs.diff.tar" => "application/vnd.oci.image.layer.v1.tar",
+        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => {
+            "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+        }
+        other => other,
+    }
+}
+
 /// Whether a media type is an index or manifest list.
 pub fn is_index(media_type: &str) -> bool {
     media_type == OCI_INDEX || media_type == DOCKER_MANIFEST_LIST

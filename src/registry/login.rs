@@ -213,18 +213,23 @@ pub async fn check_login(
                 reason,
             };
             // docker names the account it asks a token for; no scope: only /v2/ is asked.
-            let mut asked = Url::parse(&realm)
-                .map_err(|e| token_error(format!("realm is not a URL: {e}")))?;
+            let mut asked =
+                Url::parse(&realm).map_err(|e| token_error(format!("realm is not a URL: {e}")))?;
             asked.query_pairs_mut().append_pair("account", username);
             let (token, _) = t
-                .fetch_token(&cred_host, &http, &ep, asked.as_str(), service.as_deref(), &[])
+                .fetch_token(
+                    &cred_host,
+                    &http,
+                    &ep,
+                    asked.as_str(),
+                    service.as_deref(),
+                    &[],
+                )
                 .await
                 .map_err(|e| match e {
                     RegistryError::Token { reason, .. }
                     | RegistryError::Unauthorized { reason, .. } => token_error(reason),
-                    RegistryError::Status {
-                        status, detail, ..
-                    } => token_error(format!(
+                    RegistryError::Status { status, detail, .. } => token_error(format!(
                         "HTTP {status}{}",
                         if detail.is_empty() {
                             String::new()

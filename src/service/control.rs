@@ -5,6 +5,7 @@
 //! - `StartRecording` / `StopRecording`: access recording of a snapshot's
 //!   union (see `proto/lazysnap/v1/control.proto`; the CLI side is
 //!   [`super::control_client`]).
+//! - `CommitLayer`: an Active snapshot's upper written as one lazy layer.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,6 +13,7 @@ use std::time::Instant;
 use tonic::{Request, Response, Status};
 
 use super::proto::lazysnap::v1 as pb;
+use crate::format::writer::{LayerFormat, WriterOptions};
 use crate::fs::MountState;
 use crate::snapshot::{SnapshotError, Snapshotter};
 
@@ -106,6 +108,44 @@ impl pb::control_server::Control for ControlService {
                 .map(|p| p.to_string_lossy().into_owned())
                 .collect(),
             backend_key,
+        }))
+    }
+
+    async fn commit_layer(
+        &self,
+        req: Request<pb::CommitLayerRequest>,
+    ) -> Result<Response<pb::CommitLayerResponse>, Status> {
+        let r = req.into_inner();
+        let format = if r.format.is_empty() {
+            LayerFormat::Estargz
+        } else {
+            r.format
+                .parse::<LayerFormat>()
+                .map_err(Status::invalid_argument)?
+        };
+        let mut opts = WriterOptions::new(format);
+        if r.chunk_size > 0 {
+            opts.chunk_size = r.chunk_size;
+        }
+        let s = self.inner.clone();
+        let (backend_key, layer) = tokio::task::spawn_blocking(move || {
+            let key = s.resolve_key(&r.namespace, &r.key)?;
+            let layer = s.commit_layer(&key, &opts, std::path::Path::new(&r.out_dir))?;
+            Ok::<_, SnapshotError>((key, layer))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))??;
+        let w = layer.written;
+        Ok(Response::new(pb::CommitLayerResponse {
+            backend_key,
+            path: layer.path.display().to_string(),
+            media_type: w.media_type,
+            digest: w.digest.to_string(),
+            size: w.size,
+            diff_id: w.diff_id.to_string(),
+            uncompressed_size: w.uncompressed_size,
+            annotations: w.annotations.into_iter().collect(),
+            entries: layer.tar.entries,
         }))
     }
 }

@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use tonic::transport::Channel;
 
 use super::proto::lazysnap::v1::control_client::ControlClient;
-use super::proto::lazysnap::v1::{StartRecordingRequest, StopRecordingRequest};
+use super::proto::lazysnap::v1::{
+    CommitLayerRequest, CommitLayerResponse, StartRecordingRequest, StopRecordingRequest,
+};
 use super::serve::connect;
 
 /// Why a Control call failed.
@@ -119,4 +121,37 @@ pub async fn stop_recording(
             status: Box::new(s),
         })?;
     Ok(r.into_inner().paths)
+}
+
+/// Asks the daemon to write the upper of Active snapshot `key` of `namespace` as one
+/// layer (`format`: `estargz`, `estargz-zstd`, `zstd-chunked`; empty = eStargz) into
+/// the existing directory `out_dir`; see the Control service's `CommitLayer`.
+///
+/// # Errors
+/// [`ControlClientError::Connect`]; [`ControlClientError::Rpc`] with NotFound for an
+/// unknown snapshot, InvalidArgument for a bad format or dir, Internal for I/O failures.
+pub async fn commit_layer(
+    address: &Path,
+    namespace: &str,
+    key: &str,
+    format: &str,
+    chunk_size: u64,
+    out_dir: &Path,
+) -> Result<CommitLayerResponse, ControlClientError> {
+    let r = client(address)
+        .await?
+        .commit_layer(CommitLayerRequest {
+            namespace: namespace.to_string(),
+            key: key.to_string(),
+            format: format.to_string(),
+            chunk_size,
+            out_dir: out_dir.display().to_string(),
+        })
+        .await
+        .map_err(|s| ControlClientError::Rpc {
+            rpc: "Control.CommitLayer",
+            key: shown(namespace, key),
+            status: Box::new(s),
+        })?;
+    Ok(r.into_inner())
 }

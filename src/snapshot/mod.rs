@@ -4,6 +4,7 @@
 //! [`LayerMounter`].
 
 mod background;
+mod commit_layer;
 mod error;
 pub mod filter;
 mod implicit;

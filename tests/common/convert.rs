@@ -106,7 +106,11 @@ pub fn test_layout() -> &'static Path {
             String::from_utf8_lossy(&out.stderr)
         );
         let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        assert!(dir.join("index.json").exists(), "{} is no OCI layout", dir.display());
+        assert!(
+            dir.join("index.json").exists(),
+            "{} is no OCI layout",
+            dir.display()
+        );
         dir
     })
 }
@@ -138,20 +142,35 @@ pub fn inspect_layers(doc: &Value) -> Vec<Value> {
     m[0]["layers"].as_array().expect("layers").clone()
 }
 
-/// Layout image `tag` converted to `format` with [`CHUNK_SIZE`] and pushed as
-/// `conv/<tag>:<format>` (once per process); checks with `inspect` that every layer has
-/// that format and a TOC. Returns the registry name.
+/// Test image `tag` (its pushed original, see [`original_name`]: the bytes the trees of
+/// the original come from, even if the layout was rebuilt since) converted to `format`
+/// with [`CHUNK_SIZE`] and pushed as `conv/<tag>:<format>`, once per process; checks with
+/// `inspect` that every layer has that format and a TOC. Returns the registry name.
 pub fn converted(tag: &str, format: &str) -> String {
     static DONE: Memo<String> = Mutex::new(BTreeMap::new());
     let name = format!("conv/{tag}:{format}");
     memo(&DONE, &name, || {
-        let src = format!("oci:{}:{tag}", test_layout().display());
+        push_images();
+        let src = image_ref(&original_name(tag));
         let dst = image_ref(&name);
-        lazysnap_ok(&["convert", "--format", format, "--chunk-size", CHUNK_SIZE, &src, &dst]);
+        lazysnap_ok(&[
+            "convert",
+            "--format",
+            format,
+            "--chunk-size",
+            CHUNK_SIZE,
+            &src,
+            &dst,
+        ]);
         let layers = inspect_layers(&inspect_json(&dst));
         for l in &layers {
             assert_eq!(l["format"], inspect_format_word(format), "{dst}: {l}");
-            assert!(l["tocDigest"].as_str().is_some_and(|d| d.starts_with("sha256:")), "{dst}: {l}");
+            assert!(
+                l["tocDigest"]
+                    .as_str()
+                    .is_some_and(|d| d.starts_with("sha256:")),
+                "{dst}: {l}"
+            );
         }
         name.clone()
     })
@@ -166,7 +185,14 @@ pub fn overlay_tree(t: &Test, name: &str) -> Arc<Tree> {
     memo(&TREES, name, || {
         push_images();
         let r = image_ref(name);
-        t.ctr_ok(&["images", "pull", "--plain-http", "--snapshotter", "overlayfs", &r]);
+        t.ctr_ok(&[
+            "images",
+            "pull",
+            "--plain-http",
+            "--snapshotter",
+            "overlayfs",
+            &r,
+        ]);
         let chain = image_info(name).chain_ids.last().cloned().expect("layers");
         t.snapshot_tree("overlayfs", &chain)
     })
@@ -193,7 +219,10 @@ pub fn umoci_tree(name: &str, regzip: bool) -> Arc<Tree> {
         run_ok("skopeo", &args);
         let bundle = dir.path().join("bundle");
         let image = format!("{}:t", dir.path().join("oci").display());
-        run_ok("umoci", &["unpack", "--image", &image, bundle.to_str().unwrap()]);
+        run_ok(
+            "umoci",
+            &["unpack", "--image", &image, bundle.to_str().unwrap()],
+        );
         tree::walk(&bundle.join("rootfs"))
     })
 }
@@ -251,12 +280,17 @@ pub fn manifest_status(name: &str) -> u16 {
             &url,
         ],
     );
-    code.trim().parse().unwrap_or_else(|_| panic!("curl {url}: {code}"))
+    code.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("curl {url}: {code}"))
 }
 
 /// `sha256:<hex>` of `b`.
 pub fn sha256_digest(b: &[u8]) -> String {
-    let h: String = Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect();
+    let h: String = Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect();
     format!("sha256:{h}")
 }
 
@@ -304,7 +338,8 @@ impl ScratchLayout {
         )
         .unwrap();
         let read = |d: &str| std::fs::read(blob_path(src, d)).unwrap();
-        let manifest: Value = serde_json::from_slice(&read(desc["digest"].as_str().unwrap())).unwrap();
+        let manifest: Value =
+            serde_json::from_slice(&read(desc["digest"].as_str().unwrap())).unwrap();
         let config: Value =
             serde_json::from_slice(&read(manifest["config"]["digest"].as_str().unwrap())).unwrap();
         let s = ScratchLayout {
@@ -422,6 +457,10 @@ sys.stdout.buffer.write(buf.getvalue())
         .args(["-c", &py])
         .output()
         .expect("python3");
-    assert!(out.status.success(), "python tar: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "python tar: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out.stdout
 }

@@ -89,7 +89,11 @@ impl Node {
             s.push_str(&format!(" sha256:{h}"));
         }
         if !self.xattrs.is_empty() {
-            let x: Vec<String> = self.xattrs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let x: Vec<String> = self
+                .xattrs
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
             s.push_str(&format!(" xattrs{{{}}}", x.join(",")));
         }
         s
@@ -146,7 +150,10 @@ pub fn xattrs_of(p: &Path) -> BTreeMap<String, String> {
     // SAFETY: `names` is writable for `names.len()` bytes.
     let n = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
     assert!(n >= 0, "llistxattr {}", p.display());
-    for name in names[..n as usize].split(|&b| b == 0).filter(|s| !s.is_empty()) {
+    for name in names[..n as usize]
+        .split(|&b| b == 0)
+        .filter(|s| !s.is_empty())
+    {
         let cn = CString::new(name).expect("xattr name without NUL");
         // SAFETY: both strings are NUL-terminated; size 0 asks for the length.
         let len = unsafe { libc::lgetxattr(c.as_ptr(), cn.as_ptr(), std::ptr::null_mut(), 0) };
@@ -156,7 +163,10 @@ pub fn xattrs_of(p: &Path) -> BTreeMap<String, String> {
         let len =
             unsafe { libc::lgetxattr(c.as_ptr(), cn.as_ptr(), v.as_mut_ptr().cast(), v.len()) };
         assert!(len >= 0, "lgetxattr {} {}", p.display(), escape(name));
-        let hex: String = v[..len as usize].iter().map(|b| format!("{b:02x}")).collect();
+        let hex: String = v[..len as usize]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         out.insert(escape(name), hex);
     }
     out
@@ -190,7 +200,8 @@ pub fn walk(root: &Path) -> Tree {
     let mut inodes: BTreeMap<(u64, u64), Vec<Vec<u8>>> = BTreeMap::new();
     let mut stack: Vec<(PathBuf, Vec<u8>)> = vec![(root.to_path_buf(), Vec::new())];
     while let Some((dir, rel)) = stack.pop() {
-        let rd = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display()));
+        let rd =
+            std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display()));
         for de in rd {
             let de = de.unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display()));
             let full = de.path();
@@ -214,7 +225,10 @@ pub fn walk(root: &Path) -> Tree {
                 )
             });
             if kind != 'd' && md.nlink() > 1 {
-                inodes.entry((md.dev(), md.ino())).or_default().push(path.clone());
+                inodes
+                    .entry((md.dev(), md.ino()))
+                    .or_default()
+                    .push(path.clone());
             }
             let node = Node {
                 path: path.clone(),
@@ -332,7 +346,11 @@ pub fn differences(got: &Tree, want: &Tree, c: &Compare) -> Vec<String> {
             (None, Some(w)) => d.push(format!("{k}: missing [{}]", w.describe())),
             (Some(g), Some(w)) => {
                 if strip(g) != strip(w) {
-                    d.push(format!("{k}: got [{}] want [{}]", g.describe(), w.describe()));
+                    d.push(format!(
+                        "{k}: got [{}] want [{}]",
+                        g.describe(),
+                        w.describe()
+                    ));
                 } else if (g.mtime - w.mtime).abs() > c.mtime_slack
                     && !(g.mtime >= c.unpacked_after && w.mtime >= c.unpacked_after)
                 {
@@ -359,8 +377,8 @@ pub fn podman_lines(t: &Tree) -> BTreeSet<String> {
     t.entries
         .values()
         .map(|n| {
-            let mut line = format!("{} {:04o} {}:{} {} ", n.kind, n.mode, n.uid, n.gid, n.size)
-                .into_bytes();
+            let mut line =
+                format!("{} {:04o} {}:{} {} ", n.kind, n.mode, n.uid, n.gid, n.size).into_bytes();
             line.extend_from_slice(&n.path);
             if let Some(l) = &n.link {
                 line.extend_from_slice(b" -> ");
@@ -400,31 +418,66 @@ impl Drop for Mounted {
 
 static VIEW_SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
+/// `Snapshots.View` of `parent` as `key` in namespace `ns`, labelled
+/// `containerd.io/gc.root` (a `ctr snapshots view` ends its lease on exit, and the next GC
+/// would remove the view under the walk); returns its mounts.
+fn view_mounts(
+    ns: &str,
+    snap: &str,
+    key: &str,
+    parent: &str,
+) -> Vec<containerd_client::types::Mount> {
+    use containerd_client::services::v1::snapshots::ViewSnapshotRequest;
+    use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async {
+        let ctrd = lazysnap::ctrd::Ctrd::connect(&super::env().containerd_address, ns)
+            .await
+            .expect("connect to containerd");
+        let req = ViewSnapshotRequest {
+            snapshotter: snap.to_string(),
+            key: key.to_string(),
+            parent: parent.to_string(),
+            labels: [("containerd.io/gc.root".to_string(), "1".to_string())].into(),
+        };
+        SnapshotsClient::new(ctrd.channel())
+            .view(ctrd.request(req))
+            .await
+            .unwrap_or_else(|e| panic!("Snapshots.View {key} of {parent} on {snap}: {e}"))
+            .into_inner()
+            .mounts
+    })
+}
+
 impl Test {
-    /// Walks a read-only view of committed snapshot `parent` on snapshotter `snap`: `ctr
-    /// snapshots view`, the mount command `ctr snapshots mounts` prints run on a temporary
-    /// directory of the host, [`walk`], unmount, `ctr snapshots rm`.
+    /// Walks a read-only view of committed snapshot `parent` on snapshotter `snap`: a view
+    /// (see [`view_mounts`]) mounted on a temporary directory of the host, [`walk`],
+    /// unmount, `ctr snapshots rm`.
     pub fn snapshot_tree(&self, snap: &str, parent: &str) -> Tree {
         let n = VIEW_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let key = format!("{}-view-{}-{n}", self.ns, std::process::id());
-        self.ctr_ok(&["snapshots", "--snapshotter", snap, "view", &key, parent]);
+        let mounts = view_mounts(&self.ns, snap, &key, parent);
+        assert_eq!(mounts.len(), 1, "view {key} on {snap}: {mounts:?}");
+        let m = &mounts[0];
         // kept, and removed with remove_dir (never recursively: it may still be a mount)
         let dir = tempfile::Builder::new()
             .prefix("lazysnap-view-")
             .tempdir()
             .expect("temp dir")
             .keep();
-        let target = dir.to_str().expect("UTF-8 temp path").to_string();
-        let cmd = self.ctr_ok(&["snapshots", "--snapshotter", snap, "mounts", &target, &key]);
         let tree = {
-            let out = std::process::Command::new("sh")
-                .args(["-c", cmd.trim()])
+            let out = std::process::Command::new("mount")
+                .args(["-t", &m.r#type, "-o", &m.options.join(","), &m.source])
+                .arg(&dir)
                 .output()
-                .expect("sh");
+                .expect("mount");
             assert!(
                 out.status.success(),
-                "{}: {}",
-                cmd.trim(),
+                "mount {m:?} on {}: {}",
+                dir.display(),
                 String::from_utf8_lossy(&out.stderr)
             );
             let _m = Mounted {

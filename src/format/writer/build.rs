@@ -24,7 +24,8 @@ pub(super) fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> Forma
 /// One payload chunk as written.
 #[derive(Debug, Clone)]
 pub(super) struct ChunkRec {
-    /// Blob offset of the member holding it.
+    /// Mark of the member holding it ([`Sink::mark`]); the TOC turns it
+    /// into a blob offset with [`Sink::resolve`] at the end.
     pub offset: u64,
     /// Offset in the file.
     pub file_offset: u64,
@@ -129,8 +130,21 @@ impl<W: Write> Builder<W> {
                 "chunk size 0",
             )));
         }
-        let sink = Sink::new(out, opts.format.compression(), opts.level)
-            .map_err(io_err("writer options"))?;
+        let threads = match opts.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        // Payload members are at most a chunk; longer ones (runs of headers,
+        // the TOC, chunks past 32 MiB) are streamed on this thread.
+        let member_limit = opts.chunk_size.clamp(1 << 20, 32 << 20) as usize + (64 << 10);
+        let sink = Sink::new(
+            out,
+            opts.format.compression(),
+            opts.level,
+            threads,
+            member_limit,
+        )
+        .map_err(io_err("writer options"))?;
         let toc = match opts.format {
             LayerFormat::ZstdChunked => TocState::Chunked(
                 chunked::Toc::default(),
@@ -206,7 +220,12 @@ impl<W: Write> Builder<W> {
             (None, [one]) => one.digest.clone(),
             (None, _) => Digest::sha256_of(b""),
         };
-        let end = self.sink.pos();
+        // zstd:chunked closed the payload's last frame: the next one's mark.
+        let end = if chunked && size > 0 {
+            self.sink.mark()
+        } else {
+            0
+        };
         self.chunks += chunks.len();
         self.entries += 1;
         match &mut self.toc {
@@ -303,7 +322,7 @@ fn fixed_chunks<W: Write>(
     let mut at = 0;
     while payload.left() > 0 {
         sink.close_member().map_err(write)?;
-        let offset = sink.pos();
+        let offset = sink.mark();
         let mut h = Sha256::new();
         let mut size = 0;
         while size < chunk_size && payload.left() > 0 {

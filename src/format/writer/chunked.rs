@@ -157,13 +157,20 @@ impl Toc {
     /// Ends the blob after the tar stream: TOC, tar-split, footer. Returns
     /// the manifest checksum (sha256 of the compressed TOC) and the annotations.
     pub fn finish<W: Write>(
-        self,
+        mut self,
         sink: &mut Sink<W>,
         tar_split: TarSplit,
         level: i32,
     ) -> Result<(Digest, Annotations), FormatError> {
         let w = || io_err("write the zstd:chunked TOC");
         sink.close_member().map_err(w())?;
+        let manifest_at = sink.pos().map_err(w())? + 8;
+        for e in &mut self.entries {
+            e.offset = sink.resolve(e.offset);
+            if e.end_offset != 0 {
+                e.end_offset = sink.resolve(e.end_offset);
+            }
+        }
         let mut ts = tar_split.finish().map_err(io_err("finish the tar-split"))?;
         let json = serde_json::to_vec(&JToc {
             version: 1,
@@ -173,7 +180,7 @@ impl Toc {
         .expect("TOC structs serialize to JSON");
         let compressed = zstd_frame(&json, level).map_err(w())?;
         let manifest = Position {
-            offset: sink.pos() + 8,
+            offset: manifest_at,
             compressed_len: compressed.len() as u64,
             uncompressed_len: json.len() as u64,
         };
@@ -188,7 +195,7 @@ impl Toc {
         head.extend_from_slice(&ts_len.to_le_bytes());
         sink.write_raw(&head).map_err(w())?;
         let tar_split = Position {
-            offset: sink.pos(),
+            offset: sink.pos().map_err(w())?,
             compressed_len: ts.compressed,
             uncompressed_len: ts.uncompressed,
         };
@@ -203,7 +210,7 @@ impl Toc {
             }
             sink.write_raw(&buf[..n]).map_err(w())?;
         }
-        if sink.pos() != tar_split.offset + tar_split.compressed_len {
+        if sink.pos().map_err(w())? != tar_split.offset + tar_split.compressed_len {
             return Err(io_err("copy the tar-split")(io::Error::other(
                 "spool file changed size",
             )));
@@ -267,7 +274,7 @@ impl<W: Write> Chunker<'_, W> {
                 .close_member()
                 .map_err(io_err("write the layer"))?;
             self.open = Some(Open {
-                offset: self.sink.pos(),
+                offset: self.sink.mark(),
                 file_offset: self.at,
                 size: 0,
                 hash: Sha256::new(),

@@ -9,9 +9,9 @@
 //! sparse file (expanded into a plain regular file).
 
 use std::collections::HashMap;
-use std::io::Read;
 
 use crate::format::FormatError;
+use crate::format::tar_reader::{TarEntry, numeric, pax_time};
 
 /// File type of an entry (tar typeflag).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,64 +101,13 @@ const ESTARGZ_RESERVED: [&[u8]; 3] = [
     b".no.prefetch.landmark",
 ];
 
-/// Rounds `n` up to whole 512-byte blocks, minus `n`: the tar padding.
-pub(super) fn pad512(n: u64) -> u64 {
-    (512 - n % 512) % 512
-}
+pub(super) use crate::format::tar_reader::pad512;
 
 fn err(name: &[u8], message: impl Into<String>) -> FormatError {
     FormatError::Entry {
         name: String::from_utf8_lossy(name).into_owned(),
         message: message.into(),
     }
-}
-
-/// Parses a tar numeric field: octal text (NUL/space padded, empty = 0) or
-/// GNU base-256 (first byte `0x80`); `None` when malformed or negative.
-pub(super) fn numeric(field: &[u8]) -> Option<u64> {
-    if let Some(&first) = field.first()
-        && first & 0x80 != 0
-    {
-        if first == 0xff {
-            return None;
-        }
-        let mut v: u64 = u64::from(first & 0x7f);
-        for &b in &field[1..] {
-            v = v.checked_mul(256)?.checked_add(u64::from(b))?;
-        }
-        return Some(v);
-    }
-    let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
-    let text = std::str::from_utf8(&field[..end]).ok()?.trim();
-    if text.is_empty() {
-        return Some(0);
-    }
-    u64::from_str_radix(text, 8).ok()
-}
-
-/// Parses a PAX time (`1700000000`, `1700000000.5`, `-1.25`) into seconds
-/// and non-negative nanoseconds.
-pub(super) fn pax_time(v: &[u8]) -> Option<(i64, u32)> {
-    let s = std::str::from_utf8(v).ok()?;
-    let (neg, s) = match s.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, s),
-    };
-    let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
-    if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    if !frac.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let secs: i64 = whole.parse().ok()?;
-    let digits: String = frac.chars().chain(std::iter::repeat('0')).take(9).collect();
-    let nanos: u32 = digits.parse().ok()?;
-    Some(match (neg, nanos) {
-        (false, n) => (secs, n),
-        (true, 0) => (-secs, 0),
-        (true, n) => (-secs - 1, 1_000_000_000 - n),
-    })
 }
 
 /// Cleans `raw` to a root-relative path; `Err` when `..` climbs above the
@@ -182,33 +131,19 @@ pub(super) fn clean(raw: &[u8]) -> Result<(Vec<u8>, bool), String> {
     Ok((parts.join(&b'/'), rewrite))
 }
 
-/// Reads the metadata of `e` (and the data of a `g` entry).
+/// The metadata of `e` (its PAX records and GNU long names already applied
+/// by [`TarReader`](crate::format::tar_reader::TarReader)).
 ///
 /// # Errors
 /// [`FormatError::Entry`] naming the entry for: an unsupported type, a PAX
 /// sparse file, a global header with records other than `comment`, a
 /// non-regular entry with data, a name escaping the root, bad numbers.
-pub(super) fn parse<R: Read>(e: &mut tar::Entry<'_, R>) -> Result<Parsed, FormatError> {
-    let raw_name = e.path_bytes().into_owned();
+pub(super) fn parse(e: &TarEntry) -> Result<Parsed, FormatError> {
+    let raw_name = e.path.clone();
     let name_err = |m: String| err(&raw_name, m);
-    let mut pax = Vec::new();
-    let mut global_data = Vec::new();
-    let records = if e.header().as_bytes()[156] == b'g' {
-        // The records of a global header are its data.
-        e.read_to_end(&mut global_data)
-            .map_err(|x| name_err(format!("PAX global header: {x}")))?;
-        Some(tar::PaxExtensions::new(&global_data))
-    } else {
-        e.pax_extensions()
-            .map_err(|x| name_err(format!("PAX records: {x}")))?
-    };
-    for ext in records.into_iter().flatten() {
-        let ext = ext.map_err(|x| name_err(format!("PAX record: {x}")))?;
-        pax.push((ext.key_bytes().to_vec(), ext.value_bytes().to_vec()));
-    }
-    let h = e.header();
-    let hb = h.as_bytes();
-    let typeflag = hb[156];
+    let pax = e.pax.clone();
+    let hb = &e.header;
+    let typeflag = e.typeflag();
     let kind = match typeflag {
         b'0' | b'\0' if raw_name.ends_with(b"/") => Kind::Dir,
         b'0' | b'\0' | b'7' | b'S' => Kind::Reg,
@@ -227,7 +162,7 @@ pub(super) fn parse<R: Read>(e: &mut tar::Entry<'_, R>) -> Result<Parsed, Format
         }
     };
     let pax_get = |k: &[u8]| pax.iter().rev().find(|(key, _)| key == k).map(|(_, v)| v);
-    if pax.iter().any(|(k, _)| k.starts_with(b"GNU.sparse.")) {
+    if kind != Kind::Global && pax.iter().any(|(k, _)| k.starts_with(b"GNU.sparse.")) {
         return Err(name_err(
             "PAX sparse files (GNU.sparse.*) are not supported; write it without --sparse"
                 .to_string(),
@@ -237,15 +172,9 @@ pub(super) fn parse<R: Read>(e: &mut tar::Entry<'_, R>) -> Result<Parsed, Format
         numeric(&hb[off..off + len]).ok_or_else(|| err(&raw_name, format!("bad {what} field")))
     };
     let sparse = typeflag == b'S';
-    let stored = e.size();
+    let stored = e.size;
     let size = match kind {
-        Kind::Reg if sparse => {
-            let gnu = h
-                .as_gnu()
-                .ok_or_else(|| err(&raw_name, "sparse entry without a GNU header"))?;
-            numeric(&gnu.realsize).ok_or_else(|| err(&raw_name, "bad sparse real size"))?
-        }
-        Kind::Reg => stored,
+        Kind::Reg => e.file_size(),
         Kind::Global => 0,
         _ if stored > 0 => {
             return Err(err(
@@ -256,17 +185,15 @@ pub(super) fn parse<R: Read>(e: &mut tar::Entry<'_, R>) -> Result<Parsed, Format
         _ => 0,
     };
     let mode = num(100, 8, "mode")? as u32;
-    let uid = match pax_get(b"uid") {
-        Some(v) => parse_dec(v).ok_or_else(|| err(&raw_name, "bad PAX uid"))?,
-        None => num(108, 8, "uid")?,
-    };
-    let gid = match pax_get(b"gid") {
-        Some(v) => parse_dec(v).ok_or_else(|| err(&raw_name, "bad PAX gid"))?,
-        None => num(116, 8, "gid")?,
-    };
-    let mtime = match pax_get(b"mtime") {
-        Some(v) => pax_time(v).ok_or_else(|| err(&raw_name, "bad PAX mtime"))?,
-        None => (num(136, 12, "mtime")? as i64, 0),
+    let (uid, gid, mtime) = if kind == Kind::Global {
+        (0, 0, (0, 0))
+    } else {
+        let bad = |x: crate::format::tar_reader::TarError| err(&raw_name, x.to_string());
+        (
+            e.uid().map_err(bad)?,
+            e.gid().map_err(bad)?,
+            e.mtime().map_err(bad)?,
+        )
     };
     let field = |bytes: &[u8]| {
         let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
@@ -278,9 +205,10 @@ pub(super) fn parse<R: Read>(e: &mut tar::Entry<'_, R>) -> Result<Parsed, Format
     let gname = pax_get(b"gname")
         .cloned()
         .unwrap_or_else(|| field(&hb[297..329]));
+    let is_gnu = &hb[257..265] == b"ustar  \0";
     let gnu_time = |off: usize| {
         let f = &hb[off..off + 12];
-        if h.as_gnu().is_some() && f[0] != 0 {
+        if is_gnu && f[0] != 0 {
             numeric(f).filter(|&t| t != 0).map(|t| (t as i64, 0))
         } else {
             None
@@ -304,17 +232,11 @@ pub(super) fn parse<R: Read>(e: &mut tar::Entry<'_, R>) -> Result<Parsed, Format
             numeric(&hb[337..345]).unwrap_or(0) as u32,
         ),
     };
-    let xattrs = pax
-        .iter()
-        .filter_map(|(k, v)| {
-            k.strip_prefix(b"SCHILY.xattr.")
-                .map(|n| (String::from_utf8_lossy(n).into_owned(), v.clone()))
-        })
+    let xattrs = e
+        .xattrs()
+        .map(|(n, v)| (String::from_utf8_lossy(n).into_owned(), v.to_vec()))
         .collect();
-    let raw_link = e
-        .link_name_bytes()
-        .map(|l| l.into_owned())
-        .unwrap_or_default();
+    let raw_link = e.link.clone();
 
     let (clean_name, mut rewrite) = clean(&raw_name).map_err(|m| err(&raw_name, m))?;
     if raw_name.is_empty() {
@@ -380,10 +302,6 @@ pub(super) fn parse<R: Read>(e: &mut tar::Entry<'_, R>) -> Result<Parsed, Format
         // `7` (contiguous) becomes `0`: containers/storage knows no `7`.
         rewrite: rewrite || sparse || typeflag == b'7',
     })
-}
-
-fn parse_dec(v: &[u8]) -> Option<u64> {
-    std::str::from_utf8(v).ok()?.parse().ok()
 }
 
 pub(super) fn lossy(b: &[u8]) -> String {

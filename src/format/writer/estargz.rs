@@ -174,11 +174,16 @@ impl Toc {
     /// Ends the blob: TOC, footer. Returns the TOC digest (sha256 of the
     /// JSON) and the annotations (without the uncompressed size).
     pub fn finish<W: Write>(
-        self,
+        mut self,
         sink: &mut Sink<W>,
         format: LayerFormat,
         level: i32,
     ) -> Result<(Digest, Annotations), FormatError> {
+        // Every payload member is closed; once written, marks become offsets.
+        sink.pos().map_err(io_err("write the layer"))?;
+        for e in &mut self.entries {
+            e.offset = sink.resolve(e.offset);
+        }
         let json = to_tab_indented(&JToc {
             version: 1,
             entries: &self.entries,
@@ -189,8 +194,7 @@ impl Toc {
         let w = io_err("write the TOC");
         if format == LayerFormat::Estargz {
             // One member: the TOC's tar entry and the end-of-archive.
-            sink.close_member().map_err(w)?;
-            let toc_offset = sink.pos();
+            let toc_offset = sink.close_member().and_then(|()| sink.pos()).map_err(w)?;
             let w = io_err("write the TOC");
             sink.write(&header::synthetic(TOC_NAME, json.len() as u64))
                 .and_then(|()| sink.write(&json))
@@ -204,7 +208,7 @@ impl Toc {
                 .and_then(|()| sink.close_member())
                 .and_then(|()| zstd_frame(&json, level))
                 .map_err(w)?;
-            let toc_offset = sink.pos() + 8;
+            let toc_offset = sink.pos().map_err(io_err("write the TOC"))? + 8;
             let w = io_err("write the TOC");
             sink.write_raw(&skippable(&compressed).map_err(|_| too_large(compressed.len()))?)
                 .and_then(|()| {

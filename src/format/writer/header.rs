@@ -12,6 +12,7 @@
 //! ```
 
 use super::entry::{Kind, Parsed, pad512};
+use crate::format::pax::encode_record;
 
 /// One ustar block's fields.
 struct Fields<'a> {
@@ -112,21 +113,6 @@ fn split_ustar(name: &[u8]) -> Option<(&[u8], &[u8])> {
         .then_some((prefix, rest))
 }
 
-/// One PAX record, `"<len> <key>=<value>\n"`.
-fn record(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
-    let body = key.len() + value.len() + 3; // ' ', '=', '\n'
-    let mut len = body + 1;
-    while len != body + len.to_string().len() {
-        len = body + len.to_string().len();
-    }
-    out.extend_from_slice(len.to_string().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(key);
-    out.push(b'=');
-    out.extend_from_slice(value);
-    out.push(b'\n');
-}
-
 /// Header blocks for `p` written afresh: its PAX records (minus those
 /// recomputed here: `path`, `linkpath`, `size`) plus the ones its fields
 /// need, then the ustar block. Sparse files come out as plain files of
@@ -178,7 +164,7 @@ pub(super) fn encode(p: &Parsed) -> Vec<u8> {
         recs.sort_by(|a, b| a.0.cmp(&b.0));
         let mut data = Vec::new();
         for (k, v) in &recs {
-            record(&mut data, k, v);
+            encode_record(&mut data, k, v);
         }
         let base = p.clean.rsplit(|&b| b == b'/').next().unwrap_or(b"");
         let mut xname = b"PaxHeaders.0/".to_vec();
@@ -237,18 +223,6 @@ mod tests {
         assert_eq!(&h[156..157], b"0");
         assert_eq!(&h[257..265], b"ustar\x0000");
         assert_eq!(&h[329..345], b"0000000\x000000000\0");
-    }
-
-    #[test]
-    fn pax_records_count_their_own_length() {
-        let mut out = Vec::new();
-        record(&mut out, b"path", b"a");
-        assert_eq!(out, b"9 path=a\n");
-        let mut out = Vec::new();
-        let v = vec![b'x'; 92];
-        record(&mut out, b"path", &v);
-        assert_eq!(out.len(), 102);
-        assert!(out.starts_with(b"102 path="));
     }
 
     #[test]

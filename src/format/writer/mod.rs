@@ -7,7 +7,7 @@
 //! How an entry goes through (the same for every format):
 //!
 //! ```text
-//! input tar ──tar crate──▶ entry::parse (sanitize, validate) ──▶ Builder
+//! input tar ──TarReader──▶ entry::parse (sanitize, validate) ──▶ Builder
 //!   header blocks: copied raw (re-encoded only when sanitized or sparse)
 //!     into the current gzip member / zstd frame
 //!   payload: a new member/frame per chunk; sha256 per chunk and per file
@@ -42,6 +42,7 @@ mod entry;
 mod estargz;
 mod header;
 mod json;
+mod member;
 mod reorder;
 mod rollsum;
 mod sink;
@@ -152,6 +153,10 @@ pub struct WriterOptions {
     pub prioritized: Option<Vec<String>>,
     /// Compression level (gzip 0–9, zstd 1–22).
     pub level: i32,
+    /// Threads compressing members in parallel: 0 for one per CPU, 1 for
+    /// none (all on the calling thread). The blob is byte-identical for
+    /// every value.
+    pub threads: usize,
 }
 
 impl WriterOptions {
@@ -163,6 +168,7 @@ impl WriterOptions {
             chunk_size: DEFAULT_CHUNK_SIZE,
             prioritized: None,
             level: format.default_level(),
+            threads: 0,
         }
     }
 }

@@ -25,7 +25,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs::File;
-use std::io::{self, BufReader, Read, Seek};
+use std::io::{self, Read, Seek};
 use std::ops::Bound;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -35,6 +35,7 @@ use super::entry::{self, Kind, Names, pad512};
 use super::header;
 use super::{Landmark, LayerFormat, LayerWritten};
 use crate::format::FormatError;
+use crate::format::tar_reader::{TarEntry, TarError, TarReader};
 
 /// One input entry.
 #[derive(Debug, Clone)]
@@ -170,7 +171,7 @@ impl Index {
     }
 }
 
-/// Reads a file from an offset (the tar crate gets one per entry).
+/// Reads a file from an offset (a [`TarReader`] gets one per entry).
 struct At<'a> {
     f: &'a File,
     pos: u64,
@@ -184,31 +185,41 @@ impl Read for At<'_> {
     }
 }
 
+/// The entry starting at `start` in the spool file, and a reader of its data.
+fn entry_at(spool: &File, start: u64) -> Result<Option<(TarEntry, TarReader<At<'_>>)>, TarError> {
+    let mut r = TarReader::at(
+        At {
+            f: spool,
+            pos: start,
+        },
+        start,
+    );
+    Ok(r.next_entry()?.map(|e| (e, r)))
+}
+
 fn index(spool: &File, estargz: bool) -> Result<Index, FormatError> {
     let mut idx = Index::default();
     let mut names = Names::default();
-    let mut archive = tar::Archive::new(BufReader::new(spool));
-    let mut next_start = 0u64;
+    let mut start = 0u64;
     let mut last = String::from("(start of the layer)");
-    for e in archive
-        .entries_with_seek()
-        .map_err(io_err("read the spooled layer tar"))?
+    // One reader per entry, started at its offset: payloads are not read.
+    while let Some((e, _)) = entry_at(spool, start)
+        .map_err(|x| io_err(format!("read the tar entry after {last:?}"))(x.into()))?
     {
-        let mut e = e.map_err(io_err(format!("read the tar entry after {last:?}")))?;
-        let p = entry::parse(&mut e)?;
+        let p = entry::parse(&e)?;
         last = entry::lossy(&p.name);
         let dropped = p.dropped(estargz);
         if !dropped {
             names.add(&p)?;
         }
         idx.push(Item {
-            start: next_start,
+            start,
             clean: p.clean,
             kind: p.kind,
             link: p.link_clean,
             dropped,
         });
-        next_start = e.raw_file_position() + e.size() + pad512(e.size());
+        start = e.next_start();
     }
     Ok(idx)
 }
@@ -218,29 +229,25 @@ fn emit<W: std::io::Write>(
     item: &Item,
     b: &mut Builder<W>,
 ) -> Result<(), FormatError> {
-    let mut archive = tar::Archive::new(At {
-        f: spool,
-        pos: item.start,
-    });
     let read = || io_err("re-read the spooled layer tar");
-    let mut entries = archive.entries().map_err(read())?;
-    let mut e = entries
-        .next()
-        .ok_or_else(|| read()(io::Error::other("entry vanished")))?
-        .map_err(read())?;
-    let p = entry::parse(&mut e)?;
-    let mut raw = vec![0u8; e.raw_file_position() as usize];
-    if !p.rewrite {
+    let (e, mut r) = entry_at(spool, item.start)
+        .map_err(|x| read()(x.into()))?
+        .ok_or_else(|| read()(io::Error::other("entry vanished")))?;
+    let p = entry::parse(&e)?;
+    let header_bytes = if p.rewrite {
+        header::encode(&p)
+    } else {
+        let mut raw = vec![0u8; (e.data_start - item.start) as usize];
         spool.read_exact_at(&mut raw, item.start).map_err(read())?;
-    }
-    let header_bytes = if p.rewrite { header::encode(&p) } else { raw };
+        raw
+    };
     b.raw(&header_bytes)?;
     match p.kind {
         Kind::Reg => {
-            b.entry(&p, &mut e)?;
+            b.entry(&p, &mut r)?;
             b.zeros(pad512(p.size))
         }
-        _ => b.entry(&p, &mut e),
+        _ => b.entry(&p, &mut r),
     }
 }
 

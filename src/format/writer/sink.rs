@@ -2,36 +2,32 @@
 //! lazily and closed at chunk boundaries, with the byte counts and sha256s
 //! of both the compressed blob and the uncompressed stream.
 //!
-//! Members are written by hand around one reused deflate (or zstd) context,
-//! so a layer of 100,000 small files does not allocate a compressor per
-//! file, and the bytes are deterministic:
+//! Members are compressed in parallel ([`member`](super::member)): closed
+//! members are gathered into batches of about [`BATCH`] bytes that worker
+//! threads compress while the caller goes on; results are written in
+//! order, so the blob is byte-identical whatever the thread count. At most
+//! `2 × threads` batches are in flight; a member growing past the member
+//! limit is streamed on the calling thread instead (after the batches
+//! before it are written), so memory stays bounded.
 //!
-//! ```text
-//! gzip member: 1f 8b 08 00 | mtime 00 00 00 00 | xfl | os ff | raw deflate | crc32 LE | isize LE
-//!   xfl = 2 at level 9, 4 at level 1, else 0 (as Go's compress/gzip writes it)
-//! zstd frame:  one ZSTD_compressStream2 session, content checksum on, single-threaded
-//! ```
+//! Compressed offsets are known only once the members before are written,
+//! so the writer records a member's *mark* ([`Sink::mark`], its ordinal)
+//! and turns it into a blob offset at the end ([`Sink::resolve`]).
 
 use std::io::{self, Write};
 
-use flate2::{Compress, FlushCompress, Status};
 use sha2::{Digest as _, Sha256};
 use zstd::stream::raw::{Encoder as ZstdEncoder, InBuffer, Operation, OutBuffer};
 use zstd::zstd_safe::CParameter;
 
+use super::member::{Batch, CodecKind, Compressed, MemberCodec, Pool, compress_batch};
 use crate::format::Compression;
 use crate::oci::Digest;
 
 const SCRATCH: usize = 128 << 10;
 
-enum Codec {
-    Gzip {
-        deflate: Compress,
-        crc: flate2::Crc,
-        xfl: u8,
-    },
-    Zstd(ZstdEncoder<'static>),
-}
+/// A batch goes to a worker once it holds this many bytes (at a member end).
+pub(super) const BATCH: usize = 1 << 20;
 
 /// The blob being written to `W`.
 pub(super) struct Sink<W: Write> {
@@ -40,9 +36,22 @@ pub(super) struct Sink<W: Write> {
     blob: Sha256,
     diff: Sha256,
     uncompressed: u64,
-    codec: Codec,
-    open: bool,
-    scratch: Vec<u8>,
+    /// Compresses batches when there is no pool, and streamed members.
+    inline: MemberCodec,
+    pool: Option<Pool>,
+    batch: Batch,
+    /// Start in `batch.data` of the open member, while one is buffered.
+    open_at: Option<usize>,
+    /// The open member is streamed through `inline`.
+    streaming: bool,
+    member_limit: usize,
+    /// Members closed so far: the mark of the next one.
+    members: u64,
+    /// Blob offset where each member starts, by mark, as written.
+    starts: Vec<u64>,
+    /// Blob offset after the last member written.
+    member_end: u64,
+    buf: Vec<u8>,
 }
 
 /// Totals of a finished blob.
@@ -61,30 +70,21 @@ pub(super) fn digest_of(h: Sha256) -> Digest {
 }
 
 impl<W: Write> Sink<W> {
-    /// A sink compressing with `compression` at `level` (gzip 0–9, zstd 1–22).
-    pub fn new(out: W, compression: Compression, level: i32) -> io::Result<Self> {
-        let codec = match compression {
-            Compression::Gzip => {
-                let level = u32::try_from(level)
-                    .ok()
-                    .filter(|l| *l <= 9)
-                    .ok_or_else(|| {
-                        io::Error::new(
-                            io::ErrorKind::InvalidInput,
-                            format!("gzip level {level}: want 0..=9"),
-                        )
-                    })?;
-                Codec::Gzip {
-                    deflate: Compress::new(flate2::Compression::new(level), false),
-                    crc: flate2::Crc::new(),
-                    xfl: match level {
-                        9 => 2,
-                        1 => 4,
-                        _ => 0,
-                    },
-                }
-            }
-            Compression::Zstd => Codec::Zstd(zstd_encoder(level)?),
+    /// A sink compressing with `compression` at `level` (gzip 0–9, zstd
+    /// 1–22) on `threads` worker threads (1: on the calling thread only);
+    /// members longer than `member_limit` bytes are streamed.
+    pub fn new(
+        out: W,
+        compression: Compression,
+        level: i32,
+        threads: usize,
+        member_limit: usize,
+    ) -> io::Result<Self> {
+        let kind = CodecKind::new(compression, level)?;
+        let pool = if threads > 1 {
+            Some(Pool::new(kind, threads, 2 * threads)?)
+        } else {
+            None
         };
         Ok(Sink {
             out,
@@ -92,16 +92,41 @@ impl<W: Write> Sink<W> {
             blob: Sha256::new(),
             diff: Sha256::new(),
             uncompressed: 0,
-            codec,
-            open: false,
-            scratch: vec![0; SCRATCH],
+            inline: MemberCodec::new(kind)?,
+            pool,
+            batch: Batch::default(),
+            open_at: None,
+            streaming: false,
+            member_limit: member_limit.max(1),
+            members: 0,
+            starts: Vec::new(),
+            member_end: 0,
+            buf: Vec::with_capacity(SCRATCH),
         })
     }
 
-    /// Compressed bytes written so far: the offset where the next member
-    /// starts once the current one is closed.
-    pub fn pos(&self) -> u64 {
-        self.pos
+    /// The mark of the next member: call it after [`Sink::close_member`],
+    /// before writing the member; [`Sink::resolve`] gives its offset.
+    pub fn mark(&self) -> u64 {
+        debug_assert!(self.open_at.is_none() && !self.streaming);
+        self.members
+    }
+
+    /// Writes every closed member; returns the blob offset reached (where
+    /// the next member starts, when none is open).
+    pub fn pos(&mut self) -> io::Result<u64> {
+        self.drain()?;
+        Ok(self.pos)
+    }
+
+    /// The blob offset of the member with mark `mark` (after [`Sink::pos`]
+    /// has written all members up to it); for the mark after the last
+    /// member written, the offset after it.
+    pub fn resolve(&self, mark: u64) -> u64 {
+        usize::try_from(mark)
+            .ok()
+            .and_then(|m| self.starts.get(m).copied())
+            .unwrap_or(self.member_end)
     }
 
     /// Uncompressed bytes written so far.
@@ -114,54 +139,41 @@ impl<W: Write> Sink<W> {
         if data.is_empty() {
             return Ok(());
         }
-        if !self.open {
-            if let Codec::Gzip { xfl, .. } = self.codec {
-                let header = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, xfl, 0xff];
-                self.emit(&header)?;
-            }
-            self.open = true;
-        }
         self.diff.update(data);
         self.uncompressed += data.len() as u64;
-        match &mut self.codec {
-            Codec::Gzip { deflate, crc, .. } => {
-                crc.update(data);
-                let mut input = data;
-                loop {
-                    let (i0, o0) = (deflate.total_in(), deflate.total_out());
-                    deflate
-                        .compress(input, &mut self.scratch, FlushCompress::None)
-                        .map_err(io::Error::other)?;
-                    let used = (deflate.total_in() - i0) as usize;
-                    let made = (deflate.total_out() - o0) as usize;
-                    input = &input[used..];
-                    write_out(
-                        &mut self.out,
-                        &mut self.pos,
-                        &mut self.blob,
-                        &self.scratch[..made],
-                    )?;
-                    if input.is_empty() && made < self.scratch.len() {
-                        return Ok(());
-                    }
-                }
-            }
-            Codec::Zstd(enc) => {
-                let mut input = InBuffer::around(data);
-                while input.pos() < data.len() {
-                    let mut output = OutBuffer::around(&mut self.scratch[..]);
-                    enc.run(&mut input, &mut output)?;
-                    let made = output.pos();
-                    write_out(
-                        &mut self.out,
-                        &mut self.pos,
-                        &mut self.blob,
-                        &self.scratch[..made],
-                    )?;
-                }
-                Ok(())
-            }
+        if self.streaming {
+            let mut buf = std::mem::take(&mut self.buf);
+            let r = self
+                .inline
+                .feed(data, &mut buf)
+                .and_then(|()| self.emit(&buf));
+            buf.clear();
+            self.buf = buf;
+            return r;
         }
+        let at = *self.open_at.get_or_insert(self.batch.data.len());
+        self.batch.data.extend_from_slice(data);
+        if self.batch.data.len() - at > self.member_limit {
+            self.stream_open_member(at)?;
+        }
+        Ok(())
+    }
+
+    /// Moves the open member (buffered from `at`) to the inline codec.
+    fn stream_open_member(&mut self, at: usize) -> io::Result<()> {
+        let head = self.batch.data.split_off(at);
+        self.open_at = None;
+        self.drain()?;
+        self.streaming = true;
+        self.starts.push(self.pos);
+        let mut buf = std::mem::take(&mut self.buf);
+        let r = self
+            .inline
+            .feed(&head, &mut buf)
+            .and_then(|()| self.emit(&buf));
+        buf.clear();
+        self.buf = buf;
+        r
     }
 
     /// Appends `n` zero bytes to the current member.
@@ -178,65 +190,87 @@ impl<W: Write> Sink<W> {
     /// Closes the current member, if one is open. Nothing is written when
     /// none is: members are never empty.
     pub fn close_member(&mut self) -> io::Result<()> {
-        if !self.open {
+        if self.streaming {
+            self.streaming = false;
+            self.members += 1;
+            let mut buf = std::mem::take(&mut self.buf);
+            let r = self.inline.finish(&mut buf).and_then(|()| self.emit(&buf));
+            buf.clear();
+            self.buf = buf;
+            self.member_end = self.pos;
+            return r;
+        }
+        if self.open_at.take().is_none() {
             return Ok(());
         }
-        self.open = false;
-        match &mut self.codec {
-            Codec::Gzip { deflate, crc, .. } => {
-                loop {
-                    let o0 = deflate.total_out();
-                    let st = deflate
-                        .compress(&[], &mut self.scratch, FlushCompress::Finish)
-                        .map_err(io::Error::other)?;
-                    let made = (deflate.total_out() - o0) as usize;
-                    write_out(
-                        &mut self.out,
-                        &mut self.pos,
-                        &mut self.blob,
-                        &self.scratch[..made],
-                    )?;
-                    if st == Status::StreamEnd {
-                        break;
-                    }
-                }
-                let mut trailer = [0u8; 8];
-                trailer[..4].copy_from_slice(&crc.sum().to_le_bytes());
-                trailer[4..].copy_from_slice(&crc.amount().to_le_bytes());
-                deflate.reset();
-                crc.reset();
-                self.emit(&trailer)
+        self.members += 1;
+        self.batch.ends.push(self.batch.data.len());
+        if self.batch.data.len() >= BATCH {
+            self.submit()?;
+        }
+        Ok(())
+    }
+
+    /// Hands the closed members gathered so far to the pool (or compresses
+    /// them here without one).
+    fn submit(&mut self) -> io::Result<()> {
+        if self.batch.ends.is_empty() {
+            return Ok(());
+        }
+        let mut batch = std::mem::take(&mut self.batch);
+        if let Some(at) = self.open_at {
+            // The open member stays behind, at the start of the next batch.
+            self.batch.data = batch.data.split_off(at);
+            self.open_at = Some(0);
+        }
+        let done = match &mut self.pool {
+            Some(pool) => pool.submit(batch)?,
+            None => Some(compress_batch(&mut self.inline, &batch)?),
+        };
+        if let Some(c) = done {
+            self.put(c)?;
+        }
+        Ok(())
+    }
+
+    /// Writes a compressed batch, recording where each member starts.
+    fn put(&mut self, c: Compressed) -> io::Result<()> {
+        let mut at = self.pos;
+        for size in &c.sizes {
+            self.starts.push(at);
+            at += *size as u64;
+        }
+        self.emit(&c.bytes)?;
+        self.member_end = self.pos;
+        Ok(())
+    }
+
+    /// Compresses and writes every closed member.
+    fn drain(&mut self) -> io::Result<()> {
+        self.submit()?;
+        while let Some(pool) = &mut self.pool {
+            if !pool.busy() {
+                break;
             }
-            Codec::Zstd(enc) => {
-                loop {
-                    let mut output = OutBuffer::around(&mut self.scratch[..]);
-                    let left = enc.finish(&mut output, true)?;
-                    let made = output.pos();
-                    write_out(
-                        &mut self.out,
-                        &mut self.pos,
-                        &mut self.blob,
-                        &self.scratch[..made],
-                    )?;
-                    if left == 0 {
-                        break;
-                    }
-                }
-                enc.reinit()
+            if let Some(c) = pool.next()? {
+                self.put(c)?;
             }
         }
+        Ok(())
     }
 
     /// Writes bytes outside any member (a footer, a skippable frame); closes
     /// the current member first. They are not part of the uncompressed stream.
     pub fn write_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.close_member()?;
+        self.drain()?;
         self.emit(bytes)
     }
 
     /// Closes the last member and returns the writer and the totals.
     pub fn finish(mut self) -> io::Result<(W, Totals)> {
         self.close_member()?;
+        self.drain()?;
         self.out.flush()?;
         let totals = Totals {
             digest: digest_of(self.blob),
@@ -248,23 +282,14 @@ impl<W: Write> Sink<W> {
     }
 
     fn emit(&mut self, bytes: &[u8]) -> io::Result<()> {
-        write_out(&mut self.out, &mut self.pos, &mut self.blob, bytes)
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.out.write_all(bytes)?;
+        self.blob.update(bytes);
+        self.pos += bytes.len() as u64;
+        Ok(())
     }
-}
-
-fn write_out<W: Write>(
-    out: &mut W,
-    pos: &mut u64,
-    blob: &mut Sha256,
-    bytes: &[u8],
-) -> io::Result<()> {
-    if bytes.is_empty() {
-        return Ok(());
-    }
-    out.write_all(bytes)?;
-    blob.update(bytes);
-    *pos += bytes.len() as u64;
-    Ok(())
 }
 
 /// A single-threaded zstd context at `level` with frame checksums on (as
@@ -323,65 +348,5 @@ pub(super) fn skippable(payload: &[u8]) -> io::Result<Vec<u8>> {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::io::Read;
-
-    use super::*;
-
-    #[test]
-    fn gzip_members_are_deterministic_and_decode_as_one_stream() {
-        let mut s = Sink::new(Vec::new(), Compression::Gzip, 9).unwrap();
-        s.write(b"hello ").unwrap();
-        s.close_member().unwrap();
-        let second = s.pos();
-        s.write(b"world").unwrap();
-        s.zeros(3).unwrap();
-        let (blob, t) = s.finish().unwrap();
-        assert_eq!(&blob[..10], &[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 2, 0xff]);
-        assert_eq!(&blob[second as usize..second as usize + 2], &[0x1f, 0x8b]);
-        let mut out = Vec::new();
-        flate2::read::MultiGzDecoder::new(&blob[..])
-            .read_to_end(&mut out)
-            .unwrap();
-        assert_eq!(out, b"hello world\0\0\0");
-        assert_eq!(t.diff_id, Digest::sha256_of(b"hello world\0\0\0"));
-        assert_eq!((t.size, t.uncompressed_size), (blob.len() as u64, 14));
-        assert_eq!(t.digest, Digest::sha256_of(&blob));
-        // The second member alone decodes to its own bytes.
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&blob[second as usize..])
-            .read_to_end(&mut out)
-            .unwrap();
-        assert_eq!(out, b"world\0\0\0");
-    }
-
-    #[test]
-    fn zstd_frames_and_raw_bytes() {
-        let mut s = Sink::new(Vec::new(), Compression::Zstd, 3).unwrap();
-        s.write(b"abc").unwrap();
-        s.close_member().unwrap();
-        s.close_member().unwrap(); // nothing open: no empty frame
-        let second = s.pos();
-        s.write(b"def").unwrap();
-        s.write_raw(&skippable(b"meta").unwrap()).unwrap();
-        let (blob, t) = s.finish().unwrap();
-        assert_eq!(
-            &blob[second as usize..second as usize + 4],
-            &[0x28, 0xb5, 0x2f, 0xfd]
-        );
-        assert_eq!(zstd::decode_all(&blob[..]).unwrap(), b"abcdef");
-        assert_eq!(zstd::decode_all(&blob[second as usize..]).unwrap(), b"def");
-        assert!(blob.ends_with(&[0x50, 0x2a, 0x4d, 0x18, 4, 0, 0, 0, b'm', b'e', b't', b'a']));
-        assert_eq!(t.uncompressed_size, 6);
-        assert_eq!(
-            zstd::decode_all(&zstd_frame(b"toc", 3).unwrap()[..]).unwrap(),
-            b"toc"
-        );
-    }
-
-    #[test]
-    fn bad_levels_are_refused() {
-        assert!(Sink::new(Vec::new(), Compression::Gzip, 10).is_err());
-        assert!(Sink::new(Vec::new(), Compression::Zstd, 99).is_err());
-    }
-}
+#[path = "sink_tests.rs"]
+mod tests;

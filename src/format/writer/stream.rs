@@ -1,6 +1,6 @@
 //! Writing in input order, straight from the input stream: header blocks
-//! and padding are recorded as the tar crate reads them ([`Tap`]) and copied
-//! raw; payloads are read through the entry.
+//! and padding are recorded as [`TarReader`] reads them ([`Tap`]) and copied
+//! raw; payloads are read through the reader.
 //!
 //! Between two entries the recording holds the previous entry's padding and
 //! then the next entry's header blocks; the split point is the previous
@@ -19,6 +19,7 @@ use super::header;
 use super::tap::Tap;
 use super::{Landmark, LayerFormat, LayerWritten};
 use crate::format::FormatError;
+use crate::format::tar_reader::TarReader;
 
 /// What to do with the bytes after an entry's data, up to the next header.
 #[derive(Clone, Copy)]
@@ -49,21 +50,25 @@ pub(super) fn write<R: Read, W: Write>(
         b.landmark(Landmark::NoPrefetch)?;
     }
     let tap = Tap::new(input);
-    let mut archive = tar::Archive::new(&tap);
+    let mut reader = TarReader::new(&tap);
     let mut names = Names::default();
     let mut next_start = 0u64;
     let mut trailer = Trailer::Raw;
     let mut last_name = String::from("(start of the layer)");
-    let mut entries = archive.entries().map_err(io_err("read the layer tar"))?;
     let end = loop {
         let rec_start = tap.pos();
         tap.record();
-        let item = entries.next();
+        let item = reader.next_entry();
         let rec = tap.take();
-        let Some(item) = item else {
-            break (rec_start, rec);
+        let e = match item {
+            Ok(Some(e)) => e,
+            Ok(None) => break (rec_start, rec),
+            Err(x) => {
+                return Err(io_err(format!("read the tar entry after {last_name:?}"))(
+                    x.into(),
+                ));
+            }
         };
-        let mut e = item.map_err(io_err(format!("read the tar entry after {last_name:?}")))?;
         let split = next_start
             .checked_sub(rec_start)
             .and_then(|s| usize::try_from(s).ok())
@@ -71,9 +76,9 @@ pub(super) fn write<R: Read, W: Write>(
             .ok_or_else(|| io_err("read the layer tar")(io::Error::other("tar position lost")))?;
         emit_trailer(&mut b, trailer, &rec[..split])?;
         let header_bytes = &rec[split..];
-        let p = entry::parse(&mut e)?;
+        let p = entry::parse(&e)?;
         last_name = entry::lossy(&p.name);
-        next_start = e.raw_file_position() + e.size() + pad512(e.size());
+        next_start = e.next_start();
         if p.dropped(estargz) {
             trailer = Trailer::Drop;
             continue;
@@ -90,7 +95,7 @@ pub(super) fn write<R: Read, W: Write>(
             b.raw(header_bytes)?;
             trailer = Trailer::Raw;
         }
-        b.entry(&p, &mut e)?;
+        b.entry(&p, &mut reader)?;
     };
     let (rec_start, rec) = end;
     let split = usize::try_from(next_start.saturating_sub(rec_start))

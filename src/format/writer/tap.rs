@@ -1,11 +1,12 @@
-//! A reader that can record what passes through it: the tar crate reads
-//! header blocks, PAX and GNU long-name records and padding through it, and
-//! the writer copies those bytes raw into the output.
+//! A reader that can record what passes through it: the
+//! [`TarReader`](crate::format::tar_reader::TarReader) reads header blocks,
+//! PAX and GNU long-name records and padding through it, and the writer
+//! copies those bytes raw into the output.
 //!
-//! The tar crate reads exactly what it parses (512-byte blocks, `take`n
-//! payloads, skips by copying to a sink) with no read-ahead, so the bytes
-//! recorded between two `next()` calls are exactly the previous entry's
-//! unread data and padding followed by the next entry's header blocks.
+//! The reader reads exactly what it parses (512-byte blocks, payloads,
+//! skips by reading) with no read-ahead, so the bytes recorded during a
+//! `next_entry()` call are exactly the previous entry's unread data and
+//! padding followed by the next entry's header blocks.
 
 use std::cell::RefCell;
 use std::io::{self, Read};

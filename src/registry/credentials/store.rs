@@ -183,11 +183,14 @@ pub async fn erase_credential(
 /// The helper for `registry`: `credHelpers` by registry or server address,
 /// else a non-empty `credsStore`.
 fn helper_for(doc: &Map<String, Value>, registry: &str) -> Option<String> {
-    let by_host = doc.get("credHelpers").and_then(Value::as_object).and_then(|h| {
-        h.get(auth_key_registry(registry))
-            .or_else(|| h.get(server_address(registry)))
-            .or_else(|| h.get(registry))
-    });
+    let by_host = doc
+        .get("credHelpers")
+        .and_then(Value::as_object)
+        .and_then(|h| {
+            h.get(auth_key_registry(registry))
+                .or_else(|| h.get(server_address(registry)))
+                .or_else(|| h.get(registry))
+        });
     by_host
         .or_else(|| doc.get("credsStore"))
         .and_then(Value::as_str)
@@ -366,7 +369,10 @@ mod tests {
             .unwrap();
         assert_eq!(got, CredentialStore::File(path.clone()));
         let v: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        assert_eq!(v["auths"]["r.io:5000"], json!({"auth": "dGVuYW5jeS9hbGljZTpzOmU="}));
+        assert_eq!(
+            v["auths"]["r.io:5000"],
+            json!({"auth": "dGVuYW5jeS9hbGljZTpzOmU="})
+        );
         assert_eq!(v["auths"]["other.io"], json!({"auth": "eDp5"}));
         assert_eq!(v["proxies"]["default"]["httpProxy"], "http://p:3128");
         assert_eq!(v["detachKeys"], "ctrl-x");
@@ -383,7 +389,9 @@ mod tests {
     async fn new_file_and_directory_docker_hub_key_and_symlink() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("new/.docker/config.json");
-        store_credential(&path, "docker.io", "u", "p").await.unwrap();
+        store_credential(&path, "docker.io", "u", "p")
+            .await
+            .unwrap();
         let v: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         assert_eq!(v, json!({"auths": {DOCKER_HUB_AUTH_KEY: {"auth": "dTpw"}}}));
         let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o777;
@@ -393,7 +401,12 @@ mod tests {
         let link = dir.path().join("link.json");
         std::os::unix::fs::symlink(&path, &link).unwrap();
         erase_credential(&link, "index.docker.io").await.unwrap();
-        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
         let v: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         assert_eq!(v, json!({"auths": {}}));
         // A config that is not an object is refused and left alone.

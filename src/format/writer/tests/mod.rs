@@ -2,6 +2,7 @@
 //! tar: tars built here, no fixtures.
 
 mod cases;
+mod pax;
 mod roundtrip;
 
 use std::collections::HashMap;
@@ -9,6 +10,7 @@ use std::io::Read;
 
 use crate::format::chunk::decode_verified;
 use crate::format::estargz::{footer, parse_toc, toc_json_from_gzip_member, verify_toc};
+use crate::format::tar_reader::TarReader;
 use crate::format::writer::tarsplit::Crc64;
 use crate::format::{Compression, EntryKind, Toc, zstd_chunked};
 use crate::oci::Digest;
@@ -67,14 +69,7 @@ impl TarB {
     pub fn pax(&mut self, records: &[(&str, &[u8])]) -> &mut Self {
         let mut data = Vec::new();
         for (k, v) in records {
-            let body = k.len() + v.len() + 3;
-            let mut len = body + 1;
-            while len != body + len.to_string().len() {
-                len = body + len.to_string().len();
-            }
-            data.extend_from_slice(format!("{len} {k}=").as_bytes());
-            data.extend_from_slice(v);
-            data.push(b'\n');
+            crate::format::pax::encode_record(&mut data, k.as_bytes(), v);
         }
         self.entry(b"PaxHeaders/x", tar::EntryType::XHeader, &data, |_| {})
     }
@@ -247,23 +242,21 @@ pub(super) struct TarEntry {
     pub data: Vec<u8>,
 }
 
-/// Parses an uncompressed tar stream.
+/// Parses an uncompressed tar stream with our [`TarReader`] (the tar
+/// crate's PAX parser splits at newlines and breaks on binary xattrs).
 pub(super) fn untar(stream: &[u8]) -> Vec<TarEntry> {
-    let mut a = tar::Archive::new(stream);
+    let mut r = TarReader::new(stream);
     let mut out = Vec::new();
-    for e in a.entries().unwrap() {
-        let mut e = e.unwrap();
-        let xattrs = match e.pax_extensions().unwrap() {
-            Some(x) => x
-                .map(|r| r.unwrap())
-                .filter(|r| r.key_bytes().starts_with(b"SCHILY.xattr."))
-                .map(|r| (r.key_bytes().to_vec(), r.value_bytes().to_vec()))
-                .collect(),
-            None => Vec::new(),
-        };
-        let h = e.header().clone();
+    while let Some(e) = r.next_entry().unwrap() {
+        let xattrs = e
+            .pax
+            .iter()
+            .filter(|(k, _)| k.starts_with(b"SCHILY.xattr."))
+            .cloned()
+            .collect();
+        let h = tar::Header::from_byte_slice(&e.header);
         let mut data = Vec::new();
-        e.read_to_end(&mut data).unwrap();
+        r.read_to_end(&mut data).unwrap();
         let dev = match h.entry_type() {
             tar::EntryType::Char | tar::EntryType::Block => (
                 h.device_major().unwrap().unwrap(),
@@ -272,14 +265,11 @@ pub(super) fn untar(stream: &[u8]) -> Vec<TarEntry> {
             _ => (0, 0),
         };
         out.push(TarEntry {
-            name: e.path_bytes().into_owned(),
-            kind: h.entry_type().as_byte(),
-            link: e
-                .link_name_bytes()
-                .map(|l| l.into_owned())
-                .unwrap_or_default(),
+            name: e.path.clone(),
+            kind: e.typeflag(),
+            link: e.link.clone(),
             mode: h.mode().unwrap(),
-            mtime: h.mtime().unwrap(),
+            mtime: e.mtime().unwrap().0 as u64,
             dev,
             xattrs,
             data,

@@ -1,4 +1,4 @@
-//! Every format: our readers, the tar crate and determinism over the sample
+//! Every format: our readers, our tar reader and determinism over the sample
 //! layer (all entry types, binary xattrs, a 150-byte and a non-UTF-8 name,
 //! duplicates, a file of many chunks).
 
@@ -127,10 +127,29 @@ fn every_format_round_trips_through_readers_and_tar() {
             }
         }
 
-        // (3) Deterministic.
-        let (blob2, w2) = write(&tar, &opts);
-        assert!(blob == blob2, "{format}: output differs between runs");
-        assert_eq!(w, w2);
+        // (3) Deterministic, whatever the thread count (default: per CPU),
+        // reordered too.
+        for threads in [1, 3] {
+            let (blob2, w2) = write(
+                &tar,
+                &WriterOptions {
+                    threads,
+                    ..opts.clone()
+                },
+            );
+            assert!(blob == blob2, "{format}: {threads} threads differ");
+            assert_eq!(w, w2);
+        }
+        let mut reordered = WriterOptions {
+            threads: 1,
+            ..opts.clone()
+        };
+        reordered.prioritized = Some(vec!["d/big".to_string()]);
+        let (one, w1) = write(&tar, &reordered);
+        reordered.threads = 4;
+        let (four, w4) = write(&tar, &reordered);
+        assert!(one == four, "{format}: reordered output depends on threads");
+        assert_eq!(w1, w4);
     }
 }
 
