@@ -9,6 +9,10 @@
 #      test/python:esgz (eStargz, converted by ctr-remote) pulled with `ctr-remote rpull`
 #      through a logging proxy (tests/helpers/faultproxy.py), with the layer bytes the registry
 #      served during the cold start
+#   6. the full circle with lazysnap's own tools: `lazysnap convert` (the gzip image to
+#      eStargz), a lazy pull and run, a change in the running container, `lazysnap commit`
+#      (the upper only, pushed with cross-repository mounts of the lower layers), then a lazy
+#      pull of the new image in a fresh namespace and a run that shows the change
 # Everything is stopped and unmounted on exit. DEMO_ONLY_OVERLAYFS=1 runs the overlayfs half only.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -154,3 +158,32 @@ if [ "$only_overlay" != 1 ]; then
     "($(awk -v a="$s" -v b="$LAYER_TOTAL" 'BEGIN { printf "%.1f", 100 * a / b }')%)," \
     "counted by the logging proxy tests/helpers/faultproxy.py"
 fi
+
+[ "$only_overlay" = 1 ] && exit 0
+
+echo
+echo "== the full circle: convert, lazy pull, run, change, commit, push, lazy pull, run =="
+LZ="$LAZYSNAP_BIN"
+export CONTAINERD_ADDRESS LAZYSNAP_ADDRESS
+CONV=$REGISTRY/demo/python:esgz
+NEW=$REGISTRY/demo/python:committed
+"$LZ" convert "oci:$(scripts/images.sh dir)/oci:python" "$CONV" 2>/dev/null
+"$LZ" inspect "$CONV"
+NS=circle
+"$LZ" pull -n "$NS" "$CONV"
+ctr_ run -d --snapshotter lazysnap "$CONV" circle-1 sh -c \
+  'echo "written in the first container" > /hello.txt; rm -rf /usr/share/doc; sleep 600' >/dev/null
+sleep 1
+"$LZ" commit -n "$NS" -c 'ENV COMMITTED_BY=lazysnap' -m "demo commit" circle-1 "$NEW"
+ctr_ tasks kill -s SIGKILL circle-1 >/dev/null 2>&1 || true
+ctr_ tasks rm -f circle-1 >/dev/null 2>&1 || true
+ctr_ containers rm circle-1 >/dev/null 2>&1 || true
+NS=circle2
+"$LZ" pull -n "$NS" "$NEW"
+out=$(ctr_ run --rm --snapshotter lazysnap "$NEW" circle-2 sh -c \
+  'cat /hello.txt; [ -e /usr/share/doc ] && echo "doc still there" || echo "/usr/share/doc is gone"; echo "COMMITTED_BY=$COMMITTED_BY"')
+printf '%s\n' "$out"
+[ "$out" = "written in the first container
+/usr/share/doc is gone
+COMMITTED_BY=lazysnap" ] || die "the committed image does not show the change"
+echo "full circle: ok"
