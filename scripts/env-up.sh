@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # env-up.sh DIR: start a private test environment under DIR:
 #   - docker-registry on 127.0.0.1:$LAZYSNAP_REGISTRY_PORT (default 5000; a free port if busy)
-#   - the lazysnap daemon (root DIR/lazysnap, socket DIR/lazysnap.sock, log DIR/lazysnap.log)
+#   - the lazysnap daemon (root DIR/lazysnap, socket DIR/lazysnap.sock, log DIR/lazysnap.log,
+#     Prometheus metrics on http://$METRICS_ADDRESS/metrics, a free port of 127.0.0.1)
 #   - a private containerd (DIR/containerd.toml, socket DIR/containerd.sock) with lazysnap as a
 #     proxy snapshotter and the CRI plugin disabled
 # and write DIR/env (shell-sourceable). Stop it with env-down.sh DIR (also after a failure here).
@@ -56,12 +57,14 @@ wait_until 30 "registry on $REGISTRY" curl -fsS "http://$REGISTRY/v2/" ||
 
 # ---- lazysnap --------------------------------------------------------------------------
 mkdir -p "$DIR/lazysnap"
+METRICS_ADDRESS=127.0.0.1:$(free_port)
 cat >"$DIR/lazysnap.toml" <<TOML
 root = "$DIR/lazysnap"
 address = "$DIR/lazysnap.sock"
 log_level = "debug"
 # Tests measure what a lazy start fetches: no background fetch here.
 background_fetch = false
+metrics_address = "$METRICS_ADDRESS"
 TOML
 printf '%s\n' "$BIN" serve --config "$DIR/lazysnap.toml" --root "$DIR/lazysnap" \
   --address "$DIR/lazysnap.sock" --log-level debug >"$DIR/lazysnap.cmd"
@@ -122,6 +125,7 @@ LAZYSNAP_ADDRESS=$DIR/lazysnap.sock
 LAZYSNAP_ROOT=$DIR/lazysnap
 LAZYSNAP_LOG=$DIR/lazysnap.log
 LAZYSNAP_BIN=$BIN
+METRICS_ADDRESS=$METRICS_ADDRESS
 CONTAINERD_STATE=$DIR/containerd/state
 REGISTRY_PID=$(cat "$DIR/registry.pid")
 CONTAINERD_PID=$(cat "$DIR/containerd.pid")

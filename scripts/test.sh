@@ -67,6 +67,8 @@ if scripts/env-up.sh "$DIR" && scripts/images.sh push "$DIR" && scripts/images.s
   if [ $# -eq 0 ]; then
     step layering scripts/check-layers.sh
     step fuzz scripts/fuzz-smoke.sh 10
+    # the cold-start benchmark's smoke mode (its own environment; ~1 min)
+    step bench-quick scripts/bench.sh --quick --out "$DIR/bench"
   fi
   if [ "$failed" != 0 ] && [ -f "$DIR/lazysnap.log" ]; then
     log "daemon log: last lines of $DIR/lazysnap.log"

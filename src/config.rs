@@ -17,11 +17,13 @@
 //! background_fetch = true                # fetch the rest of each lazy layer in the background
 //! background_rate = 10485760             # its pace, bytes/s
 //! hosts_dir = "/etc/containerd/certs.d"  # containerd hosts.toml (mirrors, CAs); "" = none
+//! metrics_address = ""                   # Prometheus GET /metrics, e.g. "127.0.0.1:9464"; "" = off
 //! ```
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// Default path of the config file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/lazysnap/config.toml";
@@ -59,6 +61,27 @@ pub struct Config {
     /// containerd's registry host configuration dir (`<dir>/<host>/hosts.toml`:
     /// mirrors, CAs, headers); empty = none.
     pub hosts_dir: PathBuf,
+    /// TCP address (`ip:port`) of the Prometheus endpoint (`GET /metrics`,
+    /// text format 0.0.4); `None` (the default, or `""` in the file) = off.
+    /// Metrics carry layer digests: keep it on loopback or a trusted network.
+    #[serde(
+        deserialize_with = "empty_as_none",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub metrics_address: Option<SocketAddr>,
+}
+
+/// `""` is `None`, anything else must parse as `ip:port`.
+fn empty_as_none<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.is_empty() {
+        return Ok(None);
+    }
+    s.parse().map(Some).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "{s:?} is not an ip:port address ({e}), e.g. \"127.0.0.1:9464\""
+        ))
+    })
 }
 
 impl Default for Config {
@@ -75,6 +98,7 @@ impl Default for Config {
             background_fetch: true,
             background_rate: 10 << 20,
             hosts_dir: PathBuf::from("/etc/containerd/certs.d"),
+            metrics_address: None,
         }
     }
 }
@@ -167,6 +191,13 @@ impl Config {
         if self.cache_budget < 1 << 20 {
             problems.push(format!("cache_budget {} is below 1 MiB", self.cache_budget));
         }
+        if let Some(a) = self.metrics_address
+            && a.port() == 0
+        {
+            problems.push(format!(
+                "metrics_address {a} has port 0; a scrape target needs a fixed port"
+            ));
+        }
         problems
     }
 }
@@ -193,6 +224,32 @@ mod tests {
         assert_eq!(c.root, PathBuf::from("/srv/ls"));
         assert_eq!(c.validate().len(), 1);
         assert!(c.validate()[0].contains("rel.sock"));
+    }
+
+    #[test]
+    fn metrics_address_is_off_by_default_and_parsed_when_set() {
+        assert_eq!(Config::default().metrics_address, None);
+        assert_eq!(
+            Config::parse("metrics_address = \"\"")
+                .unwrap()
+                .metrics_address,
+            None
+        );
+        let c = Config::parse("metrics_address = \"127.0.0.1:9464\"").unwrap();
+        assert_eq!(c.metrics_address, Some("127.0.0.1:9464".parse().unwrap()));
+        assert!(c.validate().is_empty());
+        let c = Config::parse("metrics_address = \"[::1]:9464\"").unwrap();
+        assert_eq!(c.metrics_address.unwrap().port(), 9464);
+        let err = Config::parse("metrics_address = \"localhost\"").unwrap_err();
+        assert!(err.to_string().contains("metrics_address"), "{err}");
+        assert!(err.to_string().contains("not an ip:port"), "{err}");
+        let c = Config::parse("metrics_address = \"0.0.0.0:0\"").unwrap();
+        assert_eq!(c.validate().len(), 1);
+        assert!(c.validate()[0].contains("port 0"));
+        // Round trip: an unset address is not written.
+        let text = toml::to_string(&Config::default()).unwrap();
+        assert!(!text.contains("metrics_address"), "{text}");
+        assert_eq!(Config::parse(&text).unwrap(), Config::default());
     }
 
     #[test]

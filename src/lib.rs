@@ -42,6 +42,7 @@ pub mod ctrd;
 pub mod format;
 pub mod fs;
 pub mod image;
+pub mod metrics;
 pub mod oci;
 pub mod registry;
 pub mod service;

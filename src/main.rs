@@ -61,6 +61,9 @@ enum Command {
     Login(cmd::login::LoginArgs),
     /// Remove a registry's stored credentials.
     Logout(cmd::login::LogoutArgs),
+    /// Cold-start benchmark: overlayfs, lazysnap (and stargz-snapshotter) side by side
+    /// over shaped links to the local registry (see scripts/bench.sh).
+    Bench(cmd::bench::BenchArgs),
 }
 
 fn init_logs(level: &str) {
@@ -120,6 +123,7 @@ fn main() -> anyhow::Result<()> {
                 root: cfg.root,
                 address: cfg.address,
                 lazy,
+                metrics_address: cfg.metrics_address,
             }))?;
             // Exit without running destructors of FUSE sessions: mounts stay.
             std::process::exit(0);
@@ -131,5 +135,6 @@ fn main() -> anyhow::Result<()> {
         Command::Commit(a) => rt.block_on(cmd::commit::run(a)),
         Command::Login(a) => rt.block_on(cmd::login::login(a)),
         Command::Logout(a) => rt.block_on(cmd::login::logout(a)),
+        Command::Bench(a) => rt.block_on(cmd::bench::run(a)),
     }
 }

@@ -42,6 +42,7 @@ impl Daemon {
             root,
             address: address.clone(),
             lazy: None,
+            metrics_address: None,
         };
         let s2 = snapshotter.clone();
         let task = tokio::spawn(async move {

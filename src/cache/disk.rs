@@ -30,6 +30,8 @@ use super::error::CacheError;
 use super::ledger::{self, Ledger, Reserve, Victim};
 use crate::oci::Digest;
 
+mod files;
+
 const TEMP_PREFIX: &str = ".tmp-";
 const LOCK_FILE: &str = "LOCK";
 /// How often a writer waits for other writers' deletions before giving up.
@@ -51,6 +53,8 @@ pub(super) struct DiskStore {
     ledger: Mutex<Ledger>,
     pub(super) counters: DiskCounters,
     temp_seq: AtomicU64,
+    /// Whole files: which were hashed, which are being written (`files.rs`).
+    files: Mutex<files::FileState>,
     /// Holds the `flock` for as long as the store lives.
     _lock: File,
 }
@@ -97,6 +101,7 @@ impl DiskStore {
             ledger: Mutex::new(books),
             counters: DiskCounters::default(),
             temp_seq: AtomicU64::new(0),
+            files: Mutex::default(),
             _lock: lock,
         };
         for v in victims {

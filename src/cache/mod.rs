@@ -33,6 +33,8 @@ mod memory;
 mod tests;
 #[cfg(test)]
 mod tests_disk;
+#[cfg(test)]
+mod tests_files;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -103,6 +105,8 @@ pub struct CacheStats {
     pub fetches: u64,
     /// Chunks evicted from the disk store to make room.
     pub evictions: u64,
+    /// Chunks evicted from the memory tier to make room.
+    pub memory_evictions: u64,
     /// Failed disk writes (each attempt; the retry counts again).
     pub store_errors: u64,
     /// Chunks not stored on disk: bigger than the budget, or no room left
@@ -127,6 +131,7 @@ struct Counters {
     disk_hits: AtomicU64,
     misses: AtomicU64,
     fetches: AtomicU64,
+    memory_evictions: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64, n: u64) {
@@ -308,6 +313,47 @@ impl ChunkCache {
         }
     }
 
+    /// Opens the disk-store entry `key` as a read-only file: a chunk, or a
+    /// whole file stored with [`ChunkCache::store_file`] (keyed by the file's
+    /// digest). The file is hashed against `key` on its first open in this
+    /// process (blocking I/O proportional to its size), not on later ones.
+    /// `None` when the disk tier does not hold `key` (a corrupt file is
+    /// deleted and also gives `None`). An open file stays readable after
+    /// eviction; its bytes are then outside the budget until it is closed.
+    pub fn open_file(&self, key: &Digest) -> Option<std::fs::File> {
+        if !self.disk_enabled {
+            return None;
+        }
+        self.disk.open_file(key)
+    }
+
+    /// Whether [`ChunkCache::open_file`] of `key` would open it without
+    /// hashing it (stored, and hashed already by this process).
+    pub fn file_verified(&self, key: &Digest) -> bool {
+        self.disk_enabled && self.disk.file_verified(key)
+    }
+
+    /// Stores a whole file of `len` bytes whose sha256 is `key` in the disk
+    /// tier, counted against its budget like a chunk (least recently used
+    /// entries are evicted to make room): `fill` writes the bytes in order;
+    /// they are hashed as written and must match `key` and `len`. Returns the
+    /// stored file opened read-only. Blocking I/O: call from a blocking thread.
+    ///
+    /// `None` (nothing stored; logged) when the disk tier is off, `key` is
+    /// stored or being stored already, it does not fit, `fill` fails, or the
+    /// bytes do not match.
+    pub fn store_file(
+        &self,
+        key: &Digest,
+        len: u64,
+        fill: &mut dyn FnMut(&mut dyn std::io::Write) -> std::io::Result<()>,
+    ) -> Option<std::fs::File> {
+        if !self.disk_enabled {
+            return None;
+        }
+        self.disk.store_file(key, len, fill)
+    }
+
     /// The counters and sizes.
     pub fn stats(&self) -> CacheStats {
         let c = &self.counters;
@@ -321,6 +367,7 @@ impl ChunkCache {
             misses: get(&c.misses),
             fetches: get(&c.fetches),
             evictions: get(&d.evictions),
+            memory_evictions: get(&c.memory_evictions),
             store_errors: get(&d.store_errors),
             not_stored: get(&d.not_stored),
             corrupt: get(&d.corrupt),
@@ -329,6 +376,14 @@ impl ChunkCache {
             memory_bytes,
             memory_entries,
         }
+    }
+
+    /// Makes the process's metrics ([`crate::metrics::global`]) read this
+    /// cache's [`CacheStats`] at every scrape, replacing an earlier cache's.
+    /// Holds only a weak reference: once the cache is dropped its series go.
+    pub fn export_metrics(self: &Arc<Self>) {
+        let cache = Arc::downgrade(self);
+        crate::metrics::global().watch_cache(move || cache.upgrade().map(|c| c.stats().into()));
     }
 
     /// Waits until the disk writes and deletions started so far are done.
@@ -364,7 +419,8 @@ impl ChunkCache {
             .await
             .ok()
             .flatten()?;
-        self.memory.insert(key, bytes.clone());
+        let evicted = self.memory.insert(key, bytes.clone());
+        bump(&self.counters.memory_evictions, evicted);
         bump(&self.counters.disk_hits, 1);
         Some(bytes)
     }
@@ -376,8 +432,10 @@ impl ChunkCache {
         for (leader, bytes) in &chunks {
             // A copy, so a chunk sliced from a larger range response does not
             // keep the whole response alive in the memory tier.
-            self.memory
+            let evicted = self
+                .memory
                 .insert(leader.key(), Bytes::copy_from_slice(bytes));
+            bump(&self.counters.memory_evictions, evicted);
             leader.succeed(bytes.clone());
         }
         if !self.disk_enabled || chunks.is_empty() {
@@ -393,6 +451,22 @@ impl ChunkCache {
             drop(disk);
             drop(pending);
         });
+    }
+}
+
+impl From<CacheStats> for crate::metrics::CacheSample {
+    fn from(s: CacheStats) -> Self {
+        crate::metrics::CacheSample {
+            memory_hits: s.memory_hits,
+            disk_hits: s.disk_hits,
+            misses: s.misses,
+            memory_evictions: s.memory_evictions,
+            disk_evictions: s.evictions,
+            memory_bytes: s.memory_bytes,
+            disk_bytes: s.bytes_on_disk,
+            memory_entries: s.memory_entries,
+            disk_entries: s.entries,
+        }
     }
 }
 

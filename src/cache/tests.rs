@@ -338,6 +338,13 @@ async fn lru_keeps_touched(tier: Tier) {
     let kept: Vec<bool> = chunks.iter().map(|(k, _)| f.cache.contains(k)).collect();
     assert_eq!(kept, [true, false, true, true], "{tier:?}");
     assert_eq!(calls.load(Ordering::SeqCst), 4);
+    let s = f.cache.stats();
+    let want = match tier {
+        Tier::Memory => (1, 0),
+        Tier::Disk => (0, 1),
+        Tier::Both => (1, 1),
+    };
+    assert_eq!((s.memory_evictions, s.evictions), want, "{tier:?}");
 }
 
 async fn many_fetches_only_missing(tier: Tier) {
@@ -445,4 +452,39 @@ async fn remove_drops(tier: Tier) {
     assert_eq!(f.cache.stats().bytes_on_disk, 0);
     f.cache.get_or_fetch(&k, fetch_ok(b, &calls)).await.unwrap();
     assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+/// `export_metrics` makes the process's metrics show this cache's numbers,
+/// and only while the cache lives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_are_exported_to_the_process_metrics() {
+    let f = Fixture::new(Tier::Both, 1 << 20);
+    let calls = AtomicUsize::new(0);
+    let (k, b) = chunk(77, 5000);
+    for _ in 0..3 {
+        f.cache
+            .get_or_fetch(&k, fetch_ok(b.clone(), &calls))
+            .await
+            .unwrap();
+    }
+    f.cache.flush().await;
+    f.cache.export_metrics();
+    let t = crate::metrics::global().render();
+    for line in [
+        "lazysnap_cache_misses_total 1\n".to_string(),
+        "lazysnap_cache_hits_total{tier=\"memory\"} 2\n".to_string(),
+        "lazysnap_cache_hits_total{tier=\"disk\"} 0\n".to_string(),
+        "lazysnap_cache_bytes{tier=\"memory\"} 5000\n".to_string(),
+        format!("lazysnap_cache_bytes{{tier=\"disk\"}} {}\n", charge(5000)),
+        "lazysnap_cache_entries{tier=\"disk\"} 1\n".to_string(),
+        "lazysnap_cache_evictions_total{tier=\"disk\"} 0\n".to_string(),
+    ] {
+        assert!(t.contains(&line), "{line:?} not in\n{t}");
+    }
+    drop(f);
+    assert!(
+        !crate::metrics::global()
+            .render()
+            .contains("lazysnap_cache_")
+    );
 }

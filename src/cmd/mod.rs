@@ -1,6 +1,7 @@
 //! The client subcommands, one file each (`serve` stays in main.rs). They reach the
 //! daemon only through its Control service and containerd only through `ctrd`.
 
+pub mod bench;
 pub mod commit;
 pub mod convert;
 pub mod inspect;

@@ -290,7 +290,12 @@ impl Ctx {
         results.resize_with(set.len(), || None);
         let mut first_err = None;
         while let Some(joined) = set.join_next().await {
-            let (i, r) = joined.expect("layer task panicked");
+            // After the first failure the other layers are aborted: skip their Cancelled.
+            let (i, r) = match joined {
+                Ok(v) => v,
+                Err(e) if e.is_cancelled() => continue,
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            };
             match r {
                 Ok(v) => results[i] = Some(v),
                 Err(e) => {

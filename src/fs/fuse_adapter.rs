@@ -3,6 +3,10 @@
 //! reply), and turns the `Result` into a reply. No logic lives here; the
 //! session threads never wait on I/O (lazy reads will wait on the network).
 //!
+//! Every operation handed to the pool is counted and timed (dispatch to
+//! answer) in [`crate::metrics::fuse_op`], by `run`; it is an error when the
+//! answer went through [`fail`].
+//!
 //! Locks: `getlk`/`setlk` and `flock` are not implemented, so the kernel
 //! keeps POSIX and BSD locks locally on the FUSE inode, which is right for a
 //! filesystem only one host serves (`flock` works inside containers).
@@ -10,142 +14,56 @@
 use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags, PollEvents, PollFlags,
-    PollNotifier, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyPoll,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    IoctlFlags, KernelConfig, LockOwner, OpenFlags, PollEvents, PollFlags, PollNotifier,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyPoll, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow, WriteFlags,
 };
 
 use super::FsError;
-use super::backing::EntryKind;
-use super::ops::{Ctx, NodeAttr, UnionFs};
-use super::ops_attr::{SetAttr, TimeSet};
+use super::fuse_reply::{
+    Modes, TTL, begin_op, ctx, fail, failed, file_attr, file_type, negative_attr, reply_created,
+    reply_empty, reply_entry, reply_opened, reply_xattr, time_set,
+};
+use super::ops::UnionFs;
+use super::ops_attr::SetAttr;
+use super::passthrough::passthrough_wanted;
 
-/// How long the kernel may cache entries and attributes. Long: lowers are
-/// immutable and the upper changes only through this filesystem.
-const TTL: Duration = Duration::from_secs(24 * 3600);
+/// Largest read and write request (bytes): the kernel's default cap
+/// (`fs.fuse.max_pages_limit` = 256 pages).
+pub(super) const MAX_IO: u32 = 1 << 20;
 
 /// The adapter between fuser and one [`UnionFs`].
 #[derive(Debug)]
 pub struct FuseAdapter {
     fs: Arc<UnionFs>,
     rt: tokio::runtime::Handle,
+    /// The I/O mode of every open file (passthrough or cached).
+    modes: Arc<Modes>,
 }
 
 impl FuseAdapter {
-    /// Serves `fs`, running its calls on `rt`'s blocking pool.
-    pub fn new(fs: Arc<UnionFs>, rt: tokio::runtime::Handle) -> Self {
-        FuseAdapter { fs, rt }
+    /// Serves `fs`, running its calls on `rt`'s blocking pool; `modes`
+    /// tracks its open files (shared with the mount handle for its stats).
+    pub fn new(fs: Arc<UnionFs>, rt: tokio::runtime::Handle, modes: Arc<Modes>) -> Self {
+        FuseAdapter { fs, rt, modes }
     }
 
-    fn run<F: FnOnce(&UnionFs) + Send + 'static>(&self, f: F) {
+    /// Runs `f` on the blocking pool; `f` answers the request. The answer
+    /// is recorded as operation `op`, with the time since the dispatch and
+    /// whether it went through [`fail`] (`metrics::fuse_op`).
+    fn run<F: FnOnce(&UnionFs) + Send + 'static>(&self, op: &'static str, f: F) {
         let fs = Arc::clone(&self.fs);
-        drop(self.rt.spawn_blocking(move || f(&fs)));
-    }
-}
-
-/// Reduces an error to its errno, logging the full error once.
-fn fail(op: &'static str, e: &FsError) -> Errno {
-    let errno = e.errno();
-    if errno == Errno::EIO {
-        tracing::warn!(op, error = %e, "union fs operation failed");
-    } else {
-        tracing::debug!(op, error = %e, "union fs operation failed");
-    }
-    errno
-}
-
-fn file_type(k: EntryKind) -> FileType {
-    match k {
-        EntryKind::Dir => FileType::Directory,
-        EntryKind::File => FileType::RegularFile,
-        EntryKind::Symlink => FileType::Symlink,
-        EntryKind::Fifo => FileType::NamedPipe,
-        EntryKind::Socket => FileType::Socket,
-        EntryKind::CharDev | EntryKind::Whiteout => FileType::CharDevice,
-        EntryKind::BlockDev => FileType::BlockDevice,
-    }
-}
-
-fn file_attr(a: &NodeAttr) -> FileAttr {
-    FileAttr {
-        ino: INodeNo(a.ino),
-        size: a.attr.size,
-        blocks: a.attr.blocks,
-        atime: a.attr.atime,
-        mtime: a.attr.mtime,
-        ctime: a.attr.ctime,
-        crtime: a.attr.ctime,
-        kind: file_type(a.attr.kind),
-        perm: u16::try_from(a.attr.perm & 0o7777).unwrap_or(0),
-        nlink: a.nlink,
-        uid: a.attr.uid,
-        gid: a.attr.gid,
-        rdev: u32::try_from(a.attr.rdev).unwrap_or(0),
-        blksize: a.attr.blksize,
-        flags: 0,
-    }
-}
-
-/// The attributes of a negative entry (fuser takes the node id from `ino`).
-fn negative_attr() -> FileAttr {
-    FileAttr {
-        ino: INodeNo(0),
-        size: 0,
-        blocks: 0,
-        atime: SystemTime::UNIX_EPOCH,
-        mtime: SystemTime::UNIX_EPOCH,
-        ctime: SystemTime::UNIX_EPOCH,
-        crtime: SystemTime::UNIX_EPOCH,
-        kind: FileType::RegularFile,
-        perm: 0,
-        nlink: 0,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        blksize: 0,
-        flags: 0,
-    }
-}
-
-fn ctx(req: &Request) -> Ctx {
-    Ctx {
-        uid: req.uid(),
-        gid: req.gid(),
-    }
-}
-
-fn time_set(t: TimeOrNow) -> TimeSet {
-    match t {
-        TimeOrNow::Now => TimeSet::Now,
-        TimeOrNow::SpecificTime(t) => TimeSet::At(t),
-    }
-}
-
-fn reply_entry(op: &'static str, r: Result<super::ops::Entry, FsError>, reply: ReplyEntry) {
-    match r {
-        Ok(e) => reply.entry(&TTL, &file_attr(&e.attr), Generation(e.generation)),
-        Err(e) => reply.error(fail(op, &e)),
-    }
-}
-
-fn reply_empty(op: &'static str, r: Result<(), FsError>, reply: ReplyEmpty) {
-    match r {
-        Ok(()) => reply.ok(),
-        Err(e) => reply.error(fail(op, &e)),
-    }
-}
-
-fn reply_xattr(op: &'static str, r: Result<Vec<u8>, FsError>, size: u32, reply: ReplyXattr) {
-    match r {
-        Ok(v) if size == 0 => reply.size(u32::try_from(v.len()).unwrap_or(u32::MAX)),
-        Ok(v) if v.len() <= size as usize => reply.data(&v),
-        Ok(_) => reply.error(Errno::ERANGE),
-        Err(e) => reply.error(fail(op, &e)),
+        let start = Instant::now();
+        drop(self.rt.spawn_blocking(move || {
+            begin_op();
+            f(&fs);
+            crate::metrics::fuse_op(op, start.elapsed(), !failed());
+        }));
     }
 }
 
@@ -161,12 +79,26 @@ impl Filesystem for FuseAdapter {
             let _ = config.add_capabilities(flag);
         }
         let _ = config.set_max_background(64);
+        // Large requests: 1 MiB writes and reads (max_pages follows), and as
+        // much readahead as the kernel offers here (mount.rs raises the
+        // window afterwards through the bdi).
+        let _ = config.set_max_write(MAX_IO);
+        if let Err(max) = config.set_max_readahead(MAX_IO) {
+            let _ = config.set_max_readahead(max);
+        }
+        // Passthrough (Linux ≥ 6.9): backing files on a plain filesystem
+        // (stack depth 1, so this mount could itself be an overlay lower).
+        let passthrough = passthrough_wanted()
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok();
+        self.modes.set_enabled(passthrough);
+        tracing::debug!(passthrough, "FUSE session initialized");
         Ok(())
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name.to_owned();
-        self.run(move |fs| match fs.lookup(parent.0, &name) {
+        self.run("lookup", move |fs| match fs.lookup(parent.0, &name) {
             // A negative entry (node id 0) the kernel may cache: names appear
             // only through this filesystem, and the kernel drops the negative
             // dentry when it creates one.
@@ -180,9 +112,11 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.run(move |fs| match fs.getattr(ino.0, fh.map(|f| f.0)) {
-            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
-            Err(e) => reply.error(fail("getattr", &e)),
+        self.run("getattr", move |fs| {
+            match fs.getattr(ino.0, fh.map(|f| f.0)) {
+                Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+                Err(e) => reply.error(fail("getattr", &e)),
+            }
         });
     }
 
@@ -213,14 +147,14 @@ impl Filesystem for FuseAdapter {
             mtime: mtime.map(time_set),
             fh: fh.map(|f| f.0),
         };
-        self.run(move |fs| match fs.setattr(ino.0, s) {
+        self.run("setattr", move |fs| match fs.setattr(ino.0, s) {
             Ok(a) => reply.attr(&TTL, &file_attr(&a)),
             Err(e) => reply.error(fail("setattr", &e)),
         });
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        self.run(move |fs| match fs.readlink(ino.0) {
+        self.run("readlink", move |fs| match fs.readlink(ino.0) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(fail("readlink", &e)),
         });
@@ -237,7 +171,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         let (name, c) = (name.to_owned(), ctx(req));
-        self.run(move |fs| {
+        self.run("mknod", move |fs| {
             reply_entry(
                 "mknod",
                 fs.mknod(parent.0, &name, mode, rdev.into(), c),
@@ -256,17 +190,23 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         let (name, c) = (name.to_owned(), ctx(req));
-        self.run(move |fs| reply_entry("mkdir", fs.mkdir(parent.0, &name, mode, c), reply));
+        self.run("mkdir", move |fs| {
+            reply_entry("mkdir", fs.mkdir(parent.0, &name, mode, c), reply)
+        });
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name.to_owned();
-        self.run(move |fs| reply_empty("unlink", fs.unlink(parent.0, &name), reply));
+        self.run("unlink", move |fs| {
+            reply_empty("unlink", fs.unlink(parent.0, &name), reply)
+        });
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name.to_owned();
-        self.run(move |fs| reply_empty("rmdir", fs.rmdir(parent.0, &name), reply));
+        self.run("rmdir", move |fs| {
+            reply_empty("rmdir", fs.rmdir(parent.0, &name), reply)
+        });
     }
 
     fn symlink(
@@ -278,7 +218,9 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         let (name, target, c) = (link_name.to_owned(), target.to_owned(), ctx(req));
-        self.run(move |fs| reply_entry("symlink", fs.symlink(parent.0, &name, &target, c), reply));
+        self.run("symlink", move |fs| {
+            reply_entry("symlink", fs.symlink(parent.0, &name, &target, c), reply)
+        });
     }
 
     fn rename(
@@ -292,7 +234,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let (name, newname) = (name.to_owned(), newname.to_owned());
-        self.run(move |fs| {
+        self.run("rename", move |fs| {
             let r = fs.rename(parent.0, &name, newparent.0, &newname, flags.bits());
             reply_empty("rename", r, reply);
         });
@@ -307,14 +249,15 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         let newname = newname.to_owned();
-        self.run(move |fs| reply_entry("link", fs.link(ino.0, newparent.0, &newname), reply));
+        self.run("link", move |fs| {
+            reply_entry("link", fs.link(ino.0, newparent.0, &newname), reply)
+        });
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        self.run(move |fs| match fs.open(ino.0, flags.0) {
-            // Keep the page cache across opens: file data changes only
-            // through the kernel (no writeback cache, lowers immutable).
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+        let modes = Arc::clone(&self.modes);
+        self.run("open", move |fs| match fs.open(ino.0, flags.0) {
+            Ok(fh) => reply_opened(fs, &modes, fh, reply),
             Err(e) => reply.error(fail("open", &e)),
         });
     }
@@ -330,9 +273,11 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.run(move |fs| match fs.read(fh.0, offset, size) {
-            Ok(d) => reply.data(&d),
-            Err(e) => reply.error(fail("read", &e)),
+        self.run("read", move |fs| {
+            fs.read_with(fh.0, offset, size, |r| match r {
+                Ok(d) => reply.data(d),
+                Err(e) => reply.error(fail("read", &e)),
+            });
         });
     }
 
@@ -349,7 +294,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyWrite,
     ) {
         let data = data.to_vec();
-        self.run(move |fs| match fs.write(fh.0, offset, &data) {
+        self.run("write", move |fs| match fs.write(fh.0, offset, &data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(fail("write", &e)),
         });
@@ -377,8 +322,10 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.run(move |fs| {
+        let modes = Arc::clone(&self.modes);
+        self.run("release", move |fs| {
             fs.release(fh.0);
+            modes.release(fh.0);
             reply.ok();
         });
     }
@@ -391,12 +338,20 @@ impl Filesystem for FuseAdapter {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.run(move |fs| reply_empty("fsync", fs.fsync(fh.0, datasync), reply));
+        self.run("fsync", move |fs| {
+            reply_empty("fsync", fs.fsync(fh.0, datasync), reply)
+        });
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        self.run(move |fs| match fs.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+        self.run("opendir", move |fs| match fs.opendir(ino.0) {
+            // The kernel may keep listings across opens (FOPEN_CACHE_DIR):
+            // directories change only through this filesystem, and each
+            // change through it resets the cache of that directory.
+            Ok(fh) => reply.opened(
+                FileHandle(fh),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
             Err(e) => reply.error(fail("opendir", &e)),
         });
     }
@@ -409,7 +364,7 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        self.run(move |fs| match fs.readdir(fh.0) {
+        self.run("readdir", move |fs| match fs.readdir(fh.0) {
             Ok(snap) => {
                 let start = usize::try_from(offset).unwrap_or(usize::MAX);
                 for (i, e) in snap.iter().enumerate().skip(start) {
@@ -431,49 +386,52 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        self.run(move |fs| {
+        self.run("readdirplus", move |fs| {
             let snap = match fs.readdir(fh.0) {
                 Ok(s) => s,
                 Err(e) => return reply.error(fail("readdirplus", &e)),
             };
             let start = usize::try_from(offset).unwrap_or(usize::MAX);
-            for (i, e) in snap.iter().enumerate().skip(start) {
-                let off = i as u64 + 1;
-                if e.name == "." || e.name == ".." {
-                    // The kernel does not link dot entries (no lookup count).
-                    let Ok(mut a) = fs.getattr(ino.0, None) else {
-                        continue;
-                    };
-                    a.ino = e.ino;
-                    if reply.add(
-                        INodeNo(e.ino),
-                        off,
-                        &e.name,
-                        &TTL,
-                        &file_attr(&a),
-                        Generation(0),
-                    ) {
-                        break;
-                    }
+            // `.` and `..` come first; the kernel does not link them (no
+            // lookup count).
+            let dots = snap.iter().take_while(|e| e.name == "." || e.name == "..");
+            let n_dots = dots.clone().count();
+            for (i, e) in dots.enumerate().skip(start) {
+                let Ok(mut a) = fs.getattr(ino.0, None) else {
                     continue;
-                }
-                let Ok(ent) = fs.lookup(ino.0, &e.name) else {
-                    continue; // gone since opendir
                 };
-                let full = reply.add(
-                    INodeNo(ent.attr.ino),
-                    off,
+                a.ino = e.ino;
+                let attr = file_attr(&a);
+                if reply.add(
+                    INodeNo(e.ino),
+                    i as u64 + 1,
                     &e.name,
                     &TTL,
-                    &file_attr(&ent.attr),
-                    Generation(ent.generation),
-                );
-                if full {
-                    fs.forget(ent.attr.ino, 1); // not sent: not counted
-                    break;
+                    &attr,
+                    Generation(0),
+                ) {
+                    return reply.ok();
                 }
             }
-            reply.ok();
+            let first = start.max(n_dots);
+            let mut off = first as u64;
+            let names = snap.iter().skip(first).map(|e| e.name.as_os_str());
+            let listed = fs.lookup_many(ino.0, names, |name, r| {
+                off += 1;
+                let Ok(ent) = r else {
+                    return true; // gone since the listing
+                };
+                let (node, attr) = (INodeNo(ent.attr.ino), file_attr(&ent.attr));
+                if reply.add(node, off, name, &TTL, &attr, Generation(ent.generation)) {
+                    fs.forget(ent.attr.ino, 1); // not sent: not counted
+                    return false;
+                }
+                true
+            });
+            match listed {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(fail("readdirplus", &e)),
+            }
         });
     }
 
@@ -497,11 +455,13 @@ impl Filesystem for FuseAdapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.run(move |fs| reply_empty("fsyncdir", fs.fsyncdir(ino.0), reply));
+        self.run("fsyncdir", move |fs| {
+            reply_empty("fsyncdir", fs.fsyncdir(ino.0), reply)
+        });
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        self.run(move |fs| match fs.statfs() {
+        self.run("statfs", move |fs| match fs.statfs() {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
             ),
@@ -520,27 +480,35 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let (name, value) = (name.to_owned(), value.to_vec());
-        self.run(move |fs| {
+        self.run("setxattr", move |fs| {
             reply_empty("setxattr", fs.setxattr(ino.0, &name, &value, flags), reply)
         });
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let name = name.to_owned();
-        self.run(move |fs| reply_xattr("getxattr", fs.getxattr(ino.0, &name), size, reply));
+        self.run("getxattr", move |fs| {
+            reply_xattr("getxattr", fs.getxattr(ino.0, &name), size, reply)
+        });
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        self.run(move |fs| reply_xattr("listxattr", fs.listxattr(ino.0), size, reply));
+        self.run("listxattr", move |fs| {
+            reply_xattr("listxattr", fs.listxattr(ino.0), size, reply)
+        });
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name.to_owned();
-        self.run(move |fs| reply_empty("removexattr", fs.removexattr(ino.0, &name), reply));
+        self.run("removexattr", move |fs| {
+            reply_empty("removexattr", fs.removexattr(ino.0, &name), reply)
+        });
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        self.run(move |fs| reply_empty("access", fs.access(ino.0, mask.bits()), reply));
+        self.run("access", move |fs| {
+            reply_empty("access", fs.access(ino.0, mask.bits()), reply)
+        });
     }
 
     fn create(
@@ -554,15 +522,12 @@ impl Filesystem for FuseAdapter {
         reply: ReplyCreate,
     ) {
         let (name, c) = (name.to_owned(), ctx(req));
-        self.run(move |fs| match fs.create(parent.0, &name, mode, flags, c) {
-            Ok((e, fh)) => reply.created(
-                &TTL,
-                &file_attr(&e.attr),
-                Generation(e.generation),
-                FileHandle(fh),
-                FopenFlags::FOPEN_KEEP_CACHE,
-            ),
-            Err(e) => reply.error(fail("create", &e)),
+        let modes = Arc::clone(&self.modes);
+        self.run("create", move |fs| {
+            match fs.create(parent.0, &name, mode, flags, c) {
+                Ok((e, fh)) => reply_created(fs, &modes, &e, fh, reply),
+                Err(e) => reply.error(fail("create", &e)),
+            }
         });
     }
 
@@ -576,7 +541,7 @@ impl Filesystem for FuseAdapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        self.run(move |fs| {
+        self.run("fallocate", move |fs| {
             reply_empty("fallocate", fs.fallocate(fh.0, offset, length, mode), reply)
         });
     }
@@ -590,7 +555,7 @@ impl Filesystem for FuseAdapter {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        self.run(move |fs| match fs.lseek(fh.0, offset, whence) {
+        self.run("lseek", move |fs| match fs.lseek(fh.0, offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(fail("lseek", &e)),
         });

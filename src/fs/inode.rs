@@ -129,10 +129,18 @@ impl InodeTable {
         if is_dir {
             node.paths.clear();
         }
-        if !node.paths.iter().any(|p| p == path) {
+        // Byte comparison: merged-view paths are built from components, so
+        // equal paths have equal bytes (and `Path ==` parses components).
+        if !node.paths.iter().any(|p| p.as_os_str() == path.as_os_str()) {
+            // Most nodes have one name: no spare capacity (a Vec's first
+            // push would reserve four).
+            node.paths.reserve_exact(1);
             node.paths.push(path.to_path_buf());
         }
         node.layers = Some(layers);
+        if let Some(l) = &mut node.layers {
+            l.shrink_to_fit();
+        }
         if count {
             node.lookups += 1;
         }

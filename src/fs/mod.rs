@@ -16,8 +16,10 @@
 //! a local overlayfs-format dir), `union` (merge rules), `inode` (node ids,
 //! `st_ino` scheme, persistent origin map), `upper` (copying entries into the
 //! upper), `copyup` (copy-up policies), `ops*` ([`UnionFs`], one method per
-//! FUSE operation), `fuse_adapter` (the thin fuser impl), `errno` (the one
-//! errno table), `mount`, `error`.
+//! FUSE operation), `fuse_adapter` (the thin fuser impl) and `fuse_reply`
+//! (its conversions and open replies), `passthrough` (the I/O mode of each
+//! open file), `remote_local` (remote files assembled into whole local
+//! files for passthrough), `errno` (the one errno table), `mount`, `error`.
 //!
 //! # Policies (what the upper holds, for the commit step and for users)
 //!
@@ -37,8 +39,18 @@
 //! - **Consistency.** No writeback cache: a write reaches the upper file
 //!   before it is acknowledged, so after `syncfs` (of the upper's filesystem)
 //!   a reader of the upper dir sees a consistent tree. The kernel caches
-//!   entries, attributes and pages for a long time, which is safe because the
-//!   upper changes only through this filesystem and lowers are immutable.
+//!   entries, attributes, directory listings and pages for a long time, which
+//!   is safe because the upper changes only through this filesystem and
+//!   lowers are immutable.
+//! - **Data path.** Where the kernel offers FUSE passthrough (Linux ≥ 6.9),
+//!   opens of upper files, and in read-only unions also of lower files (a
+//!   local lower's file, or a remote file whose chunks are all cached,
+//!   assembled into one file in the chunk cache), hand the kernel the backing
+//!   file: reads, writes and mmap then bypass the daemon. Lower files of a
+//!   writable union are served by the daemon through the page cache, so that
+//!   a descriptor opened before a copy-up reads the upper copy after it
+//!   (field case B08). See `passthrough.rs` for the kernel's rules on mixing
+//!   modes. Requests are up to 1 MiB, with a 1 MiB readahead window.
 //! - **Locks** (POSIX and `flock`) are kept by the kernel, locally.
 
 pub mod apply;
@@ -47,6 +59,7 @@ mod copyup;
 mod errno;
 mod error;
 mod fuse_adapter;
+mod fuse_reply;
 mod inode;
 mod lower;
 mod mount;
@@ -54,9 +67,11 @@ mod ops;
 mod ops_attr;
 mod ops_io;
 mod ops_ns;
+mod passthrough;
 mod record;
 mod remote;
 mod remote_file;
+mod remote_local;
 mod union;
 mod upper;
 
@@ -75,5 +90,7 @@ pub use lower::{Lower, LowerFile, LowerKind};
 pub use mount::{MountHandle, MountSpec, MountState, mount, mount_state, unmount};
 pub use ops::{Ctx, DirSnapEnt, Entry, FsStats, NodeAttr, UnionFs};
 pub use ops_attr::{SetAttr, TimeSet};
+pub use passthrough::{IoStats, set_passthrough};
 pub use record::Recorder;
 pub use remote_file::{ChunkReader, READAHEAD_CHUNKS, RemoteFile};
+pub use remote_local::ASSEMBLE_INLINE_MAX;

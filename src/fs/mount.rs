@@ -4,7 +4,8 @@
 //! permissions against the caller, since the daemon acts as root), `dev`
 //! and `suid` (no `nodev`/`nosuid` flags), source `<spec.fsname>`, type
 //! `fuse.lazysnap`, `ro` when there is no upper. The session runs `N_THREADS` reader threads,
-//! each with its own cloned `/dev/fuse` descriptor.
+//! each with its own cloned `/dev/fuse` descriptor. After the handshake the
+//! mount's readahead window is raised to [`READAHEAD_KB`] (see [`set_readahead`]).
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -20,11 +21,16 @@ use nix::mount::{MntFlags, MsFlags};
 
 use super::FsError;
 use super::fuse_adapter::FuseAdapter;
+use super::fuse_reply::Modes;
 use super::ops::UnionFs;
+use super::passthrough::IoStats;
 use super::record::Recorder;
 
 /// Reader threads of one session.
 const N_THREADS: usize = 3;
+
+/// Readahead window of a mount, KiB (see [`set_readahead`]).
+pub(super) const READAHEAD_KB: u32 = 1024;
 
 /// One union to mount.
 #[derive(Debug, Clone)]
@@ -50,6 +56,7 @@ pub struct MountHandle {
     mountpoint: PathBuf,
     thread: Option<JoinHandle<io::Result<()>>>,
     recorder: Arc<Recorder>,
+    modes: Arc<Modes>,
 }
 
 impl MountHandle {
@@ -61,6 +68,12 @@ impl MountHandle {
     /// The union's access recorder (shared with the serving session).
     pub fn recorder(&self) -> Arc<Recorder> {
         self.recorder.clone()
+    }
+
+    /// How the session's file opens were served so far: kernel passthrough,
+    /// passthrough with direct I/O, or the daemon and the page cache.
+    pub fn io_stats(&self) -> IoStats {
+        self.modes.stats()
     }
 
     /// Starts recording accesses (see [`Recorder::start`]); `true` when a
@@ -140,7 +153,8 @@ pub fn mount(spec: MountSpec, rt: tokio::runtime::Handle) -> Result<MountHandle,
     config.n_threads = Some(N_THREADS);
     config.clone_fd = true;
     let recorder = fs.recorder().clone();
-    let adapter = FuseAdapter::new(Arc::new(fs), rt);
+    let modes = Arc::new(Modes::new(false));
+    let adapter = FuseAdapter::new(Arc::new(fs), rt, Arc::clone(&modes));
     let session = match Session::from_fd(adapter, fd, SessionACL::All, config) {
         Ok(s) => s,
         Err(e) => {
@@ -152,11 +166,48 @@ pub fn mount(spec: MountSpec, rt: tokio::runtime::Handle) -> Result<MountHandle,
         .name("lazysnap-fuse".into())
         .spawn(move || session.run())
         .map_err(|e| mount_err(&mp, e))?;
+    set_readahead(&mp);
+    tracing::debug!(mountpoint = %mp.display(), passthrough = modes.enabled(), "union mounted");
     Ok(MountHandle {
         mountpoint: mp,
         thread: Some(thread),
         recorder,
+        modes,
     })
+}
+
+/// Raises the readahead window of the mount at `mp` to [`READAHEAD_KB`]
+/// through its bdi (`/sys/class/bdi/<major>:<minor>/read_ahead_kb`): the
+/// FUSE handshake can only lower the kernel's default (128 KiB), and a
+/// larger window turns a sequential reader into 1 MiB read requests (and
+/// those into larger range requests on a remote lower). The kernel still
+/// starts small and grows the window only for sequential access. Best
+/// effort: failure is logged.
+fn set_readahead(mp: &Path) {
+    let Some(dev) = mount_dev(mp) else {
+        tracing::debug!(mountpoint = %mp.display(), "no mountinfo line: readahead left as is");
+        return;
+    };
+    let knob = PathBuf::from(format!("/sys/class/bdi/{dev}/read_ahead_kb"));
+    if let Err(e) = std::fs::write(&knob, READAHEAD_KB.to_string()) {
+        tracing::debug!(path = %knob.display(), error = %e, "readahead left as is");
+    }
+}
+
+/// The `major:minor` of the mount at `mp`, from /proc/self/mountinfo (no
+/// request to the filesystem, which may not be served yet).
+pub(super) fn mount_dev(mp: &Path) -> Option<String> {
+    let target = absolute(mp);
+    let info = std::fs::read("/proc/self/mountinfo").ok()?;
+    info.split(|b| *b == b'\n')
+        .filter_map(|line| {
+            let mut f = line.split(|b| *b == b' ');
+            let dev = f.nth(2)?;
+            let point = f.nth(1)?;
+            (unescape(point) == target.as_os_str().as_bytes())
+                .then(|| String::from_utf8_lossy(dev).into_owned())
+        })
+        .next_back()
 }
 
 /// Opens `/dev/fuse` and mounts it at `spec.mountpoint` with our options.

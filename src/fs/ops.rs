@@ -82,6 +82,15 @@ pub(crate) struct Handle {
     pub(crate) path: PathBuf,
     pub(crate) file: RwLock<Arc<LowerFile>>,
     pub(crate) writable: bool,
+    /// Whether `file` is an upper file (it becomes one at copy-up).
+    pub(crate) in_upper: std::sync::atomic::AtomicBool,
+}
+
+/// An open directory.
+#[derive(Debug)]
+pub(crate) struct DirHandle {
+    pub(crate) ino: u64,
+    pub(crate) snap: std::sync::OnceLock<Arc<Vec<DirSnapEnt>>>,
 }
 
 /// One entry of a directory snapshot taken at `opendir`.
@@ -125,7 +134,9 @@ pub struct UnionFs {
     pub(crate) inodes: Mutex<InodeTable>,
     pub(crate) ns: RwLock<()>,
     pub(crate) handles: Mutex<HashMap<u64, Arc<Handle>>>,
-    pub(crate) dirs: Mutex<HashMap<u64, Arc<Vec<DirSnapEnt>>>>,
+    /// Open directories: their node, and the listing taken by the first
+    /// readdir.
+    pub(crate) dirs: Mutex<HashMap<u64, Arc<DirHandle>>>,
     pub(crate) next_fh: AtomicU64,
     pub(crate) tmp_counter: AtomicU64,
     /// Access recording (opens and readlinks), see `record.rs`.
@@ -328,6 +339,11 @@ impl UnionFs {
         count: bool,
     ) -> Result<Entry, FsError> {
         let ploc = self.dir_loc(parent)?;
+        self.lookup_at(&ploc, name, count)
+    }
+
+    /// As [`UnionFs::lookup_locked`], in the directory at `ploc`.
+    fn lookup_at(&self, ploc: &Loc, name: &OsStr, count: bool) -> Result<Entry, FsError> {
         let path = ploc.path.join(name);
         let hit = self
             .stack
@@ -359,6 +375,29 @@ impl UnionFs {
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Entry, FsError> {
         let _ns = self.read_ns();
         self.lookup_locked(parent, name, true)
+    }
+
+    /// `lookup` of each of `names` in directory `parent` (for readdirplus),
+    /// under one namespace lock and one resolution of `parent`: `each` gets
+    /// every name with its result, in order, and returns false to stop.
+    ///
+    /// # Errors
+    /// [`FsError::StaleInode`] / [`FsError::NotDir`] when `parent` is not a
+    /// known directory (then `each` is not called).
+    pub fn lookup_many<'a>(
+        &self,
+        parent: u64,
+        names: impl IntoIterator<Item = &'a OsStr>,
+        mut each: impl FnMut(&'a OsStr, Result<Entry, FsError>) -> bool,
+    ) -> Result<(), FsError> {
+        let _ns = self.read_ns();
+        let ploc = self.dir_loc(parent)?;
+        for name in names {
+            if !each(name, self.lookup_at(&ploc, name, true)) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// `forget`: drops `n` kernel references of `ino`.

@@ -7,13 +7,14 @@
 //! `pwrite` on an `O_APPEND` fd would ignore the offset). Reads and writes
 //! use `pread`/`pwrite`, so a handle has no file position of its own.
 
+use std::cell::RefCell;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
@@ -22,7 +23,7 @@ use super::FsError;
 use super::backing::EntryKind;
 use super::inode::{ROOT, ino_of};
 use super::lower::LowerFile;
-use super::ops::{Ctx, DirSnapEnt, Entry, Handle, UnionFs, lock};
+use super::ops::{Ctx, DirHandle, DirSnapEnt, Entry, Handle, UnionFs, lock};
 use super::union::UPPER;
 use super::upper;
 
@@ -36,6 +37,36 @@ fn remote_seek(size: u64, offset: i64, whence: i32, path: &Path) -> Result<i64, 
         libc::SEEK_DATA => Ok(offset),
         libc::SEEK_HOLE => Ok(size),
         _ => Err(err(libc::EINVAL)),
+    }
+}
+
+thread_local! {
+    /// The read buffer of each blocking thread, grown to the largest read
+    /// seen (at most the mount's max_read, 1 MiB) and reused.
+    static READ_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// What an open handle offers for passthrough ([`UnionFs::passthrough_source`]).
+#[derive(Debug)]
+pub(crate) struct PassSource {
+    /// The handle's inode: (node id, generation).
+    pub(crate) node: (u64, u64),
+    /// Its bytes are immutable lower bytes, the same as any backing of its
+    /// inode.
+    pub(crate) same_bytes: bool,
+    /// Its file, when it may pass through.
+    file: Option<Arc<LowerFile>>,
+}
+
+impl PassSource {
+    /// The plain file to pass through to: the handle's own local file (a
+    /// duplicate descriptor), or a remote file's whole local file (which
+    /// may assemble it, see `remote_local.rs`).
+    pub(crate) fn file(&self) -> Option<File> {
+        match self.file.as_deref()? {
+            LowerFile::Local(f) => f.try_clone().ok(),
+            LowerFile::Remote(r) => r.local_file(),
+        }
     }
 }
 
@@ -59,7 +90,14 @@ fn open_backing(path: &Path, flags: i32) -> Result<File, FsError> {
 }
 
 impl UnionFs {
-    fn add_handle(&self, ino: u64, path: &Path, file: LowerFile, writable: bool) -> u64 {
+    fn add_handle(
+        &self,
+        ino: u64,
+        path: &Path,
+        file: LowerFile,
+        writable: bool,
+        in_upper: bool,
+    ) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         lock(&self.handles).insert(
             fh,
@@ -68,6 +106,7 @@ impl UnionFs {
                 path: path.to_path_buf(),
                 file: RwLock::new(Arc::new(file)),
                 writable,
+                in_upper: AtomicBool::new(in_upper),
             }),
         );
         fh
@@ -117,6 +156,7 @@ impl UnionFs {
                     .write()
                     .unwrap_or_else(std::sync::PoisonError::into_inner) =
                     Arc::new(LowerFile::Local(f));
+                h.in_upper.store(true, Ordering::Relaxed);
             }
         }
     }
@@ -149,7 +189,7 @@ impl UnionFs {
             None => LowerFile::Local(open_backing(&self.upper_path(&loc.path)?, flags)?),
         };
         self.recorder.note(&loc.path);
-        Ok(self.add_handle(ino, &loc.path, file, write))
+        Ok(self.add_handle(ino, &loc.path, file, write, loc.top() == UPPER))
     }
 
     /// `create`: a new regular file in the upper, opened.
@@ -182,7 +222,7 @@ impl UnionFs {
         upper::chown(&dst, Some(uid), Some(gid))?;
         upper::chmod(&dst, mode & 0o7777)?;
         let entry = self.lookup_locked(parent, name, true)?;
-        let fh = self.add_handle(entry.attr.ino, &path, LowerFile::Local(file), true);
+        let fh = self.add_handle(entry.attr.ino, &path, LowerFile::Local(file), true, true);
         Ok((entry, fh))
     }
 
@@ -191,11 +231,77 @@ impl UnionFs {
     /// # Errors
     /// [`FsError::BadHandle`], [`FsError::Io`].
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
-        let (file, path) = self.handle_file_path(fh)?;
-        let mut buf = vec![0u8; size as usize];
-        let done = file.read_at(&mut buf, offset, &path)?;
-        buf.truncate(done);
-        Ok(buf)
+        self.read_with(fh, offset, size, |r| r.map(<[u8]>::to_vec))
+    }
+
+    /// `read` without a copy or an allocation of its own: `reply` gets the
+    /// bytes (up to `size` at `offset`, short only at end of file) — a slice
+    /// of a remote chunk when they lie in one, else a per-thread buffer
+    /// reused across reads — or the error ([`FsError::BadHandle`],
+    /// [`FsError::Io`]).
+    pub fn read_with<R>(
+        &self,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        reply: impl FnOnce(Result<&[u8], FsError>) -> R,
+    ) -> R {
+        let h = match self.handle(fh) {
+            Ok(h) => h,
+            Err(e) => return reply(Err(e)),
+        };
+        let file = h
+            .file
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let size = size as usize;
+        if let LowerFile::Remote(r) = &*file {
+            match r.read_shared(offset, size) {
+                Ok(Some(bytes)) => return reply(Ok(&bytes)),
+                Ok(None) => {}
+                Err(e) => return reply(Err(e)),
+            }
+        }
+        READ_BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            if buf.len() < size {
+                buf.resize(size, 0);
+            }
+            match file.read_at(&mut buf[..size], offset, &h.path) {
+                Ok(done) => reply(Ok(&buf[..done])),
+                Err(e) => reply(Err(e)),
+            }
+        })
+    }
+
+    /// What handle `fh` offers for kernel passthrough (see `passthrough.rs`).
+    /// Upper files always offer themselves; lower files (a local lower's
+    /// file, or a remote file's assembled whole file) only in a read-only
+    /// union: in a writable one a descriptor opened before a copy-up must go
+    /// on to read the upper copy (field case B08), which a passthrough open
+    /// of the lower file cannot.
+    pub(crate) fn passthrough_source(&self, fh: u64) -> PassSource {
+        let Ok(h) = self.handle(fh) else {
+            return PassSource {
+                node: (0, 0),
+                same_bytes: false,
+                file: None,
+            };
+        };
+        let generation = lock(&self.inodes).get(h.ino).map_or(0, |n| n.generation);
+        let file = h
+            .file
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let upper = h.in_upper.load(Ordering::Relaxed);
+        let lower_ok = !upper && !self.writable();
+        PassSource {
+            node: (h.ino, generation),
+            same_bytes: lower_ok,
+            file: (upper || lower_ok).then_some(file),
+        }
     }
 
     /// `write`: all of `data` at `offset`.
@@ -203,10 +309,15 @@ impl UnionFs {
     /// # Errors
     /// [`FsError::BadHandle`], [`FsError::Io`] (ENOSPC, EFBIG …).
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
-        let (file, path) = self.handle_file_path(fh)?;
-        file.local(&path)?
+        let h = self.handle(fh)?;
+        let file = h
+            .file
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        file.local(&h.path)?
             .write_all_at(data, offset)
-            .map_err(|e| FsError::io("write", path, e))?;
+            .map_err(|e| FsError::io("write", &h.path, e))?;
         Ok(u32::try_from(data.len()).unwrap_or(u32::MAX))
     }
 
@@ -272,12 +383,36 @@ impl UnionFs {
         Ok(r)
     }
 
-    /// `opendir`: snapshots the merged listing (with `.` and `..`) so that
-    /// readdir offsets (index + 1) stay stable while the directory changes.
+    /// `opendir`: checks that `ino` is a directory. Its merged listing
+    /// (with `.` and `..`) is taken by the first readdir and kept, so that
+    /// readdir offsets (index + 1) stay stable while the directory changes;
+    /// the kernel serves later opens from its own cache of the listing, so
+    /// an open that never reaches readdir costs no listing.
     ///
     /// # Errors
-    /// [`FsError::NotDir`], [`FsError::Io`].
+    /// [`FsError::NotDir`], [`FsError::StaleInode`].
     pub fn opendir(&self, ino: u64) -> Result<u64, FsError> {
+        let is_dir = {
+            let t = lock(&self.inodes);
+            t.get(ino).ok_or(FsError::StaleInode { ino })?.is_dir
+        };
+        if !is_dir {
+            return Err(self
+                .dir_loc(ino)
+                .err()
+                .unwrap_or(FsError::StaleInode { ino }));
+        }
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let dir = DirHandle {
+            ino,
+            snap: OnceLock::new(),
+        };
+        lock(&self.dirs).insert(fh, Arc::new(dir));
+        Ok(fh)
+    }
+
+    /// The listing of directory `ino` with `.` and `..`.
+    fn list_dir(&self, ino: u64) -> Result<Vec<DirSnapEnt>, FsError> {
         let _ns = self.read_ns();
         let loc = self.dir_loc(ino)?;
         let parent_ino = match loc.path.parent() {
@@ -307,20 +442,24 @@ impl UnionFs {
                 kind: e.kind,
             });
         }
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        lock(&self.dirs).insert(fh, Arc::new(snap));
-        Ok(fh)
+        Ok(snap)
     }
 
-    /// The snapshot taken by `opendir`.
+    /// The listing of the directory opened as `fh`, taken on the first call.
     ///
     /// # Errors
-    /// [`FsError::BadHandle`].
+    /// [`FsError::BadHandle`]; the first call: [`FsError::NotDir`],
+    /// [`FsError::Io`].
     pub fn readdir(&self, fh: u64) -> Result<Arc<Vec<DirSnapEnt>>, FsError> {
-        lock(&self.dirs)
+        let dir = lock(&self.dirs)
             .get(&fh)
             .cloned()
-            .ok_or(FsError::BadHandle { fh })
+            .ok_or(FsError::BadHandle { fh })?;
+        if let Some(s) = dir.snap.get() {
+            return Ok(s.clone());
+        }
+        let snap = Arc::new(self.list_dir(dir.ino)?);
+        Ok(dir.snap.get_or_init(|| snap).clone())
     }
 
     /// `releasedir`.

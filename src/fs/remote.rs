@@ -283,6 +283,8 @@ impl<'a> Builder<'a> {
             self.nodes[d as usize].nlink = 2 + subdirs;
         }
         groups.retain(|_, v| v.len() > 1);
+        groups.shrink_to_fit();
+        self.nodes.shrink_to_fit();
         for g in groups.values() {
             for &c in g {
                 self.nodes[c as usize].nlink = u32_of(g.len());
@@ -399,6 +401,8 @@ impl RemoteTree {
         });
         let (perm, uid, gid) = match (n.kind, e) {
             (EntryKind::Whiteout, Some(e)) => (0, e.uid, e.gid),
+            // Linux ignores a symlink's mode and shows 0777 (as unpacked layers do).
+            (EntryKind::Symlink, Some(e)) => (0o777, e.uid, e.gid),
             (_, Some(e)) => (e.mode & 0o7777, e.uid, e.gid),
             (_, None) => (0o755, 0, 0),
         };

@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 use super::FsError;
 use super::remote_file::ChunkReader;
+use crate::cache::{CacheMismatch, ChunkCache};
 use crate::format::{Chunk, Compression, Entry, EntryKind, Toc};
 use crate::oci::Digest;
 
@@ -21,6 +22,8 @@ pub(crate) struct FakeReader {
     prefetched: Mutex<Vec<(usize, usize)>>,
     fail: Mutex<HashSet<(usize, usize)>>,
     short: Mutex<HashSet<(usize, usize)>>,
+    /// The chunk cache offered through [`ChunkReader::cache`].
+    cache: Option<Arc<ChunkCache>>,
 }
 
 impl FakeReader {
@@ -79,6 +82,10 @@ impl ChunkReader for FakeReader {
 
     fn prefetch(&self, chunks: &[(usize, usize)]) {
         self.prefetched.lock().unwrap().extend_from_slice(chunks);
+    }
+
+    fn cache(&self) -> Option<&Arc<ChunkCache>> {
+        self.cache.as_ref()
     }
 }
 
@@ -195,6 +202,36 @@ impl TocBuilder {
         };
         let reader = FakeReader {
             data: self.data.clone(),
+            ..FakeReader::default()
+        };
+        (Arc::new(toc), Arc::new(reader))
+    }
+}
+
+impl TocBuilder {
+    /// As [`TocBuilder::build`], with a chunk cache offered by the reader
+    /// that holds every chunk of the TOC (stored on disk before returning).
+    pub(crate) fn build_cached(&self, cache: Arc<ChunkCache>) -> (Arc<Toc>, Arc<FakeReader>) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        for (e, chunks) in self.entries.iter().zip(&self.data) {
+            for (c, bytes) in e.chunks.iter().zip(chunks) {
+                let key = c.digest.clone().unwrap();
+                let b = bytes.clone();
+                rt.block_on(cache.get_or_fetch(&key, async move { Ok::<_, CacheMismatch>(b) }))
+                    .unwrap();
+            }
+        }
+        rt.block_on(cache.flush());
+        let toc = Toc {
+            compression: Compression::Gzip,
+            entries: self.entries.clone(),
+        };
+        let reader = FakeReader {
+            data: self.data.clone(),
+            cache: Some(cache),
             ..FakeReader::default()
         };
         (Arc::new(toc), Arc::new(reader))

@@ -6,7 +6,12 @@
 //! - A read maps `[offset, offset + len)` to the chunks covering it (binary
 //!   search on `file_offset`), asks the reader for each in turn and copies
 //!   the slices into the caller's buffer; the chunk bytes themselves are
-//!   shared (`Bytes`), so nothing is allocated per read.
+//!   shared (`Bytes`), so nothing is allocated per read, and a read within
+//!   one chunk is answered with a slice of it, without a copy
+//!   ([`RemoteFile::read_shared`]).
+//! - **Whole files.** A file whose chunks are all in the chunk cache can be
+//!   assembled there into one plain file (`remote_local.rs`), which the
+//!   union hands to the kernel for passthrough.
 //! - **Never wrong bytes.** A reader error, a chunk whose length is not the
 //!   TOC's, or a range no chunk covers fails the whole read with
 //!   [`FsError::Remote`] (EIO; the cause is in the error, which the FUSE
@@ -27,6 +32,7 @@ use bytes::Bytes;
 
 use super::FsError;
 use super::backing::EntryAttr;
+use crate::cache::ChunkCache;
 use crate::format::{Chunk, Toc};
 
 /// Chunks handed to [`ChunkReader::prefetch`] when a read reaches a chunk's end.
@@ -45,18 +51,25 @@ pub trait ChunkReader: Send + Sync + std::fmt::Debug {
     /// Optional hint: the caller will read these `(entry, chunk)`s next
     /// (readahead); default no-op.
     fn prefetch(&self, _chunks: &[(usize, usize)]) {}
+
+    /// The chunk cache that holds this layer's chunks under their digests,
+    /// if any: a file whose chunks are all there is assembled into a whole
+    /// file in it (see [`RemoteFile::local_file`]). Default: none.
+    fn cache(&self) -> Option<&Arc<ChunkCache>> {
+        None
+    }
 }
 
 /// An open regular file of a remote lower.
 #[derive(Debug, Clone)]
 pub struct RemoteFile {
-    toc: Arc<Toc>,
-    reader: Arc<dyn ChunkReader>,
+    pub(super) toc: Arc<Toc>,
+    pub(super) reader: Arc<dyn ChunkReader>,
     /// The TOC entry holding the data (a hardlink's target).
-    entry: usize,
-    attr: EntryAttr,
+    pub(super) entry: usize,
+    pub(super) attr: EntryAttr,
     /// `<layer key>/<path>`, for error messages.
-    path: PathBuf,
+    pub(super) path: PathBuf,
 }
 
 /// A read failure of a remote file: [`FsError::Remote`] (EIO), the cause in the message.
@@ -91,7 +104,7 @@ impl RemoteFile {
         self.attr.size
     }
 
-    fn chunks(&self) -> &[Chunk] {
+    pub(super) fn chunks(&self) -> &[Chunk] {
         self.toc
             .entries
             .get(self.entry)
@@ -99,7 +112,7 @@ impl RemoteFile {
     }
 
     /// The verified bytes of chunk `k`, exactly `size` of them.
-    fn chunk_bytes(&self, k: usize, c: &Chunk) -> Result<Bytes, FsError> {
+    pub(super) fn chunk_bytes(&self, k: usize, c: &Chunk) -> Result<Bytes, FsError> {
         let data = self.reader.read_chunk(self.entry, k).map_err(|e| {
             eio(
                 "read remote chunk",
@@ -136,6 +149,48 @@ impl RemoteFile {
         }
     }
 
+    /// The chunks `(first, last)` covering `[offset, end)`, `end > offset`.
+    fn span(&self, offset: u64, end: u64) -> Result<(usize, usize), FsError> {
+        Ok((self.chunk_at(offset)?, self.chunk_at(end - 1)?))
+    }
+
+    /// Readahead after a read that ended at `end`, in chunk `k`: when it
+    /// reached the chunk's end, the next [`READAHEAD_CHUNKS`] chunks.
+    fn read_ahead(&self, k: usize, end: u64) {
+        let chunks = self.chunks();
+        let n = chunks.len();
+        if k + 1 < n && chunks[k].file_offset + chunks[k].size == end {
+            let next: Vec<(usize, usize)> = (k + 1..n.min(k + 1 + READAHEAD_CHUNKS))
+                .map(|c| (self.entry, c))
+                .collect();
+            self.reader.prefetch(&next);
+        }
+    }
+
+    /// Reads up to `len` bytes at `offset` when they lie in one chunk:
+    /// that chunk's shared bytes (no copy); `None` when the range spans
+    /// several chunks (use [`RemoteFile::read_at`]). Empty at end of file.
+    ///
+    /// # Errors
+    /// As [`RemoteFile::read_at`].
+    pub fn read_shared(&self, offset: u64, len: usize) -> Result<Option<Bytes>, FsError> {
+        let size = self.attr.size;
+        if offset >= size || len == 0 {
+            return Ok(Some(Bytes::new()));
+        }
+        let end = size.min(offset.saturating_add(len as u64));
+        let (first, last) = self.span(offset, end)?;
+        if first != last {
+            return Ok(None);
+        }
+        let c = &self.chunks()[first];
+        let data = self.chunk_bytes(first, c)?;
+        self.read_ahead(first, end);
+        Ok(Some(data.slice(
+            usize_of(offset - c.file_offset)..usize_of(end - c.file_offset),
+        )))
+    }
+
     /// Reads up to `buf.len()` bytes at `offset` (short only at end of file).
     ///
     /// # Errors
@@ -148,35 +203,25 @@ impl RemoteFile {
             return Ok(0);
         }
         let end = size.min(offset.saturating_add(buf.len() as u64));
-        // A read that needs several chunks asks for them together first, so
-        // that the reader can fetch the missing ones with one request.
-        let (first, last) = (self.chunk_at(offset)?, self.chunk_at(end - 1)?);
+        let (first, last) = self.span(offset, end)?;
         if last > first {
+            // A read that needs several chunks asks for them together first,
+            // so that the reader can fetch the missing ones with one request.
             let wanted: Vec<(usize, usize)> = (first..=last).map(|c| (self.entry, c)).collect();
             self.reader.prefetch(&wanted);
         }
         let mut pos = offset;
-        let mut at_chunk_end = None;
+        let mut k = 0;
         while pos < end {
-            let k = self.chunk_at(pos)?;
+            k = self.chunk_at(pos)?;
             let c = &self.chunks()[k];
             let data = self.chunk_bytes(k, c)?;
-            let c_end = c.file_offset + c.size;
-            let to = end.min(c_end);
+            let to = end.min(c.file_offset + c.size);
             let src = &data[usize_of(pos - c.file_offset)..usize_of(to - c.file_offset)];
             buf[usize_of(pos - offset)..usize_of(to - offset)].copy_from_slice(src);
-            at_chunk_end = (to == c_end).then_some(k);
             pos = to;
         }
-        if let Some(k) = at_chunk_end {
-            let n = self.chunks().len();
-            if k + 1 < n {
-                let next: Vec<(usize, usize)> = (k + 1..n.min(k + 1 + READAHEAD_CHUNKS))
-                    .map(|c| (self.entry, c))
-                    .collect();
-                self.reader.prefetch(&next);
-            }
-        }
+        self.read_ahead(k, end);
         Ok(usize_of(end - offset))
     }
 

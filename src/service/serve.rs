@@ -1,7 +1,9 @@
 //! The daemon's socket: one tonic server with both services on a unix socket
 //! created with mode 0600; SIGTERM/SIGINT stop serving without unmounting
-//! anything (mounts are reconciled on the next start).
+//! anything (mounts are reconciled on the next start). When configured, the
+//! metrics endpoint (`metrics.rs`) is started first, on its TCP address.
 
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,6 +14,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::{Channel, Endpoint, Server};
 use tracing::info;
 
+use super::metrics::MetricsEndpoint;
 use super::proto::containerd::services::snapshots::v1::snapshots_server::SnapshotsServer;
 use super::proto::lazysnap::v1::control_server::ControlServer;
 use super::{ControlService, SnapshotsService};
@@ -28,6 +31,8 @@ pub struct ServeOptions {
     pub address: PathBuf,
     /// Lazy pulling; `None` serves local layers only.
     pub lazy: Option<LazyOptions>,
+    /// TCP address of the Prometheus endpoint (`GET /metrics`); `None` = off.
+    pub metrics_address: Option<SocketAddr>,
 }
 
 /// Settings of lazy pulling (the config file's keys of the same names).
@@ -64,6 +69,14 @@ pub enum ServeError {
     /// Lazy pulling could not be set up.
     #[error("{0}")]
     Setup(String),
+    /// The metrics endpoint could not listen on its address.
+    #[error("metrics address {address}: {source}")]
+    Metrics {
+        /// The configured address.
+        address: SocketAddr,
+        /// The OS error (e.g. address in use).
+        source: std::io::Error,
+    },
     /// The server failed.
     #[error("grpc server: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -92,6 +105,14 @@ fn bind(path: &Path) -> Result<UnixListener, ServeError> {
 /// # Errors
 /// [`ServeError`] when the socket, the state or the server fails.
 pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
+    let endpoint = match opts.metrics_address {
+        Some(address) => Some(
+            MetricsEndpoint::start(address)
+                .await
+                .map_err(|source| ServeError::Metrics { address, source })?,
+        ),
+        None => None,
+    };
     let rt = tokio::runtime::Handle::current();
     let mounter: Arc<dyn LayerMounter> = Arc::new(FuseMounter::new(rt.clone()));
     let remote = match &opts.lazy {
@@ -107,7 +128,11 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
                 source: std::io::Error::other(e),
             })??;
     let snapshotter = Arc::new(snapshotter);
-    serve_with(snapshotter, &opts, shutdown_signal()).await
+    let served = serve_with(snapshotter, &opts, shutdown_signal()).await;
+    if let Some(e) = endpoint {
+        e.stop();
+    }
+    served
 }
 
 /// The registry client, chunk cache and platform lazy pulling uses.
@@ -132,6 +157,7 @@ pub fn remote_context(
         memory_budget: l.cache_memory,
     })
     .map_err(|e| setup("chunk cache", e.to_string()))?;
+    cache.export_metrics();
     let platform = if l.platform.is_empty() {
         Platform::host()
     } else {

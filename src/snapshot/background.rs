@@ -12,6 +12,13 @@
 //! The task is aborted when the snapshot is removed (cancel safe: the cache
 //! ends the flights it led). Errors only end the task, with a log line: reads
 //! fetch what they need themselves.
+//!
+//! Metrics: fetches count in the layer's `prefetch` and `background` series;
+//! while the background fetch runs, `background_fetch_total_bytes` holds the
+//! compressed bytes of the layer's chunks (one per digest, the spans
+//! `[offset, end)` of the TOC) and `background_fetch_done_bytes` the part of
+//! them found cached or fetched so far in this pass (prefetched chunks
+//! included); they are equal when the pass completes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +29,7 @@ use tracing::{debug, info};
 use super::remote::{ChunkFetchError, RemoteContext, ResolvedLayer};
 use crate::format::chunk::decode_verified;
 use crate::format::{Chunk, EntryKind, Toc};
+use crate::metrics::{FetchSource, LayerFetch};
 use crate::oci::Digest;
 use crate::registry::Reference;
 
@@ -71,13 +79,15 @@ fn landmark(layer: &ResolvedLayer) -> Option<u64> {
 impl RemoteContext {
     /// Fetches `batch` (chunks of the blob `digest` of `reference`, in one
     /// range request from the first to the last) and stores each chunk in the
-    /// cache. Chunks cached or in flight elsewhere are not fetched again.
+    /// cache. Chunks cached or in flight elsewhere are not fetched again. The
+    /// range request is counted in `counters`.
     pub(super) async fn fetch_batch(
         &self,
         reference: &Reference,
         digest: &Digest,
         toc: &Toc,
         batch: &[Item],
+        counters: &LayerFetch,
     ) -> Result<(), ChunkFetchError> {
         let chunk_of = |i: &Item| -> &Chunk { &toc.entries[i.entry].chunks[i.chunk] };
         let keys: Vec<Digest> = batch.iter().map(|i| i.key.clone()).collect();
@@ -91,7 +101,9 @@ impl RemoteContext {
                         .client
                         .read_range(reference, digest, start, end)
                         .await
+                        .inspect_err(|_| counters.failed())
                         .map_err(|e| ChunkFetchError::new(format!("layer {digest}: {e}")))?;
+                    counters.fetched(span.len() as u64);
                     let mut out = Vec::with_capacity(missing.len());
                     for key in &missing {
                         let item = want
@@ -117,13 +129,26 @@ impl RemoteContext {
     pub async fn background(self: Arc<Self>, layer: ResolvedLayer, rate: Option<u64>) {
         let all = items(&layer);
         let chunk_of = |i: &Item| layer.toc.entries[i.entry].chunks[i.chunk].clone();
+        let span = |i: &Item| {
+            let c = &layer.toc.entries[i.entry].chunks[i.chunk];
+            c.end - c.offset
+        };
+        let total_bytes: u64 = all.iter().map(span).sum();
         let (prefetch, rest): (Vec<Item>, Vec<Item>) = match landmark(&layer) {
             Some(mark) => all.into_iter().partition(|i| chunk_of(i).end <= mark),
             None => (Vec::new(), all),
         };
+        let counters = crate::metrics::layer(layer.digest.as_str());
         if !prefetch.is_empty() {
+            let fetch = counters.fetch(FetchSource::Prefetch);
             match self
-                .fetch_batch(&layer.reference, &layer.digest, &layer.toc, &prefetch)
+                .fetch_batch(
+                    &layer.reference,
+                    &layer.digest,
+                    &layer.toc,
+                    &prefetch,
+                    fetch,
+                )
                 .await
             {
                 Ok(()) => {
@@ -133,6 +158,15 @@ impl RemoteContext {
             }
         }
         let Some(rate) = rate else { return };
+        let progress = crate::metrics::global().background_progress(layer.digest.as_str());
+        progress.start(total_bytes);
+        let cached: u64 = prefetch
+            .iter()
+            .filter(|i| self.cache.contains(&i.key))
+            .map(span)
+            .sum();
+        progress.advance(cached);
+        let fetch = counters.fetch(FetchSource::Background);
         let mut fetched = 0u64;
         let mut batch: Vec<Item> = Vec::new();
         let mut batch_bytes = 0u64;
@@ -145,6 +179,7 @@ impl RemoteContext {
             let last = item.entry == usize::MAX;
             if !last {
                 if self.cache.contains(&item.key) {
+                    progress.advance(span(&item));
                     continue;
                 }
                 let c = chunk_of(&item);
@@ -153,13 +188,14 @@ impl RemoteContext {
             }
             if !batch.is_empty() && (batch_bytes >= BATCH_BYTES || last) {
                 if let Err(e) = self
-                    .fetch_batch(&layer.reference, &layer.digest, &layer.toc, &batch)
+                    .fetch_batch(&layer.reference, &layer.digest, &layer.toc, &batch, fetch)
                     .await
                 {
                     debug!(layer = %layer.digest, error = %e, "background fetch stopped");
                     return;
                 }
                 fetched += batch.len() as u64;
+                progress.advance(batch_bytes);
                 let pause = Duration::from_secs_f64(batch_bytes as f64 / rate.max(1) as f64);
                 batch.clear();
                 batch_bytes = 0;

@@ -17,6 +17,11 @@
 //! 5. chunks: range GET of the chunk's compressed span, decompressed and checked
 //!    against its `chunkDigest`, cached under that digest (one fetch in flight
 //!    per chunk); a mismatch is fetched once more, then the read fails (EIO).
+//!
+//! Every chunk fetch is counted in the layer's [`crate::metrics`] series
+//! (`source` `read` here, `readahead` for a multi-chunk read's batch, and
+//! `prefetch`/`background` in `background.rs`); a layer fetched whole counts
+//! as `whole`. The handles are made once per layer, when its reader is made.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -33,6 +38,7 @@ use crate::fs::{ChunkReader, FsError};
 use crate::image::ImageError;
 use crate::image::source::Source;
 use crate::image::toc::{TocError, read_toc};
+use crate::metrics::{FetchSource, LayerMetrics};
 use crate::oci::Digest;
 use crate::oci::labels::RemoteLabels;
 use crate::registry::{Platform, Reference, RegistryClient, RegistryError};
@@ -275,11 +281,15 @@ impl RemoteContext {
                 layer: labels.layer_digest.to_string(),
                 reason: format!("the layer is not in manifest {}", manifest.digest),
             })?;
+        let counters = crate::metrics::layer(labels.layer_digest.as_str());
+        let counters = counters.fetch(FetchSource::Whole);
         let blob = self
             .client
             .fetch_blob(&reference, &labels.layer_digest)
             .await
+            .inspect_err(|_| counters.failed())
             .map_err(fail)?;
+        counters.fetched(blob.len() as u64);
         Ok((blob, media_type))
     }
 
@@ -298,6 +308,7 @@ impl RemoteContext {
             digest: layer.digest.clone(),
             toc: layer.toc.clone(),
             health: health.clone(),
+            metrics: crate::metrics::layer(layer.digest.as_str()),
         });
         (reader, health)
     }
@@ -349,6 +360,7 @@ struct RemoteBlob {
     digest: Digest,
     toc: Arc<Toc>,
     health: Arc<LayerHealth>,
+    metrics: LayerMetrics,
 }
 
 /// Whether a remote layer can currently be read: the error of its last
@@ -372,6 +384,7 @@ impl RemoteBlob {
         let e = &self.toc.entries[entry];
         let c = &e.chunks[chunk];
         let mut last = None;
+        let counters = self.metrics.fetch(FetchSource::Read);
         // A chunk whose bytes do not verify is fetched once more.
         for _ in 0..2 {
             let span = self
@@ -379,7 +392,9 @@ impl RemoteBlob {
                 .client
                 .read_range(&self.reference, &self.digest, c.offset, c.end)
                 .await
+                .inspect_err(|_| counters.failed())
                 .map_err(|err| ChunkFetchError(format!("layer {}: {err}", self.digest)))?;
+            counters.fetched(span.len() as u64);
             match decode_verified(self.toc.compression, &span, c, &e.name) {
                 Ok(b) => return Ok(Bytes::from(b)),
                 Err(err) => {
@@ -429,11 +444,18 @@ impl ChunkReader for RemoteBlob {
             self.digest.clone(),
             self.toc.clone(),
         );
+        let counters = self.metrics.fetch(FetchSource::Readahead).clone();
         self.ctx.rt.spawn(async move {
-            if let Err(e) = ctx.fetch_batch(&reference, &digest, &toc, &items).await {
+            let batch = ctx.fetch_batch(&reference, &digest, &toc, &items, &counters);
+            if let Err(e) = batch.await {
                 debug!(layer = %digest, error = %e, "readahead failed; reads fetch for themselves");
             }
         });
+    }
+
+    /// Whole files assembled from cached chunks live in the same cache.
+    fn cache(&self) -> Option<&Arc<ChunkCache>> {
+        Some(&self.ctx.cache)
     }
 
     fn read_chunk(&self, entry: usize, chunk: usize) -> Result<Bytes, FsError> {

@@ -267,8 +267,9 @@ pub struct Compare<'a> {
     pub extra_ok: &'a [&'a str],
     /// Largest allowed mtime difference in seconds.
     pub mtime_slack: i64,
-    /// mtimes at or after this (Unix seconds) on both sides were set by the unpack itself
-    /// (directories created for entries that have no parent entry): not compared.
+    /// A directory whose mtime in `want` is at or after this (Unix seconds) got it from
+    /// the unpack itself (created for entries that have no parent entry, or changed by
+    /// such a creation): the image defines no mtime for it, it is not compared.
     pub unpacked_after: i64,
     /// Compare with `want`'s names and link targets made lossy UTF-8 (a view built from a
     /// JSON TOC, which cannot hold other bytes).
@@ -352,7 +353,7 @@ pub fn differences(got: &Tree, want: &Tree, c: &Compare) -> Vec<String> {
                         w.describe()
                     ));
                 } else if (g.mtime - w.mtime).abs() > c.mtime_slack
-                    && !(g.mtime >= c.unpacked_after && w.mtime >= c.unpacked_after)
+                    && !(w.kind == 'd' && w.mtime >= c.unpacked_after)
                 {
                     d.push(format!("{k}: mtime got {} want {}", g.mtime, w.mtime));
                 }

@@ -114,6 +114,13 @@ fn optimize_needs_fewer_bytes_and_requests_before_first_output() {
             assert_eq!(l["format"], "estargz", "{name}: {l}");
         }
     }
+    // a background fetch would serve the rest of the layers in parallel to the start
+    let cfg = std::fs::read_to_string(env().dir.join("lazysnap.toml")).expect("lazysnap.toml");
+    assert!(
+        cfg.lines()
+            .any(|l| l.replace(' ', "") == "background_fetch=false"),
+        "the environment's daemon must run without background fetch:\n{cfg}"
+    );
     let infos = [image_info(plain), image_info(opt)];
     // A reused environment may hold these chunks from an earlier run: drop them.
     let mut digests = image_chunk_digests(plain);

@@ -14,6 +14,9 @@
 //!   TOC entry appended ─▶ at the end: TOC, (tar-split), footer
 //! ```
 //!
+//! Members are compressed on [`WriterOptions::threads`] worker threads and
+//! written in order; the blob is byte-identical for every thread count.
+//!
 //! Header blocks are copied byte for byte, so a zstd:chunked layer without
 //! reordering decompresses to exactly the input tar (same DiffID, as
 //! containers/storage does); eStargz adds its landmark and TOC entries.

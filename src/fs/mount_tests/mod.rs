@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 mod cases_files;
 mod cases_ns;
+mod cases_passthrough;
 mod cases_remote;
 mod serve;
 
@@ -30,6 +31,8 @@ struct Mounted {
     rt: Option<tokio::runtime::Runtime>,
     /// Mounts under the tempdir to undo after the union (a small tmpfs upper).
     extra: Vec<PathBuf>,
+    /// Whatever the test needs alive as long as the mount (dropped after it).
+    keep: Option<Box<dyn std::any::Any>>,
 }
 
 impl Drop for Mounted {
@@ -135,6 +138,7 @@ fn mounted_in(
         handle: None,
         rt: None,
         extra,
+        keep: None,
     };
     let h = mount(m.spec(), rt.handle().clone()).unwrap();
     m.handle = Some(h);
