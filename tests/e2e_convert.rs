@@ -33,13 +33,14 @@ use common::convert::{
 use common::tree::{self, Compare, Tree};
 use common::{Test, env, image_info, image_ref, repo};
 
-/// When the environment was set up (its `env` file written, Unix seconds): directory
-/// mtimes after it were set by an unpack in it (directories created for entries that have
-/// no parent entry), not by the image.
+/// When the environment was set up (Unix seconds; `containerd.toml` is written once by
+/// env-up.sh, before containerd starts, while `env` is rewritten on daemon restarts):
+/// directory mtimes after it were set by an unpack in it (directories created for entries
+/// that have no parent entry), not by the image.
 fn env_started() -> i64 {
     static T: OnceLock<i64> = OnceLock::new();
     *T.get_or_init(|| {
-        let m = std::fs::metadata(env().dir.join("env")).expect("the env file");
+        let m = std::fs::metadata(env().dir.join("containerd.toml")).expect("containerd.toml");
         m.modified()
             .unwrap()
             .duration_since(std::time::UNIX_EPOCH)

@@ -33,7 +33,12 @@ pub fn write_svg(
         .filter(|v| *v > 0.0)
         .collect();
     anyhow::ensure!(!values.is_empty(), "nothing to plot");
-    let lo = values.iter().copied().fold(f64::INFINITY, f64::min) / 1.5;
+    // from a power of ten: plotters puts log-axis ticks only from the first one up
+    let lo = 10f64.powf(
+        (values.iter().copied().fold(f64::INFINITY, f64::min) / 1.5)
+            .log10()
+            .floor(),
+    );
     // headroom above the tallest bar for the legend
     let hi = values.iter().copied().fold(0.0, f64::max) * 3.0;
     let links: Vec<&Link> = links
