@@ -16,6 +16,8 @@
 //! platform = ""                          # os/arch[/variant] to pick from an index; "" = host
 //! background_fetch = true                # fetch the rest of each lazy layer in the background
 //! background_rate = 10485760             # its pace, bytes/s
+//! fetch_window = 524288                  # a read that misses also fetches this many
+//!                                        # compressed bytes after its chunk, bytes; 0 = off
 //! hosts_dir = "/etc/containerd/certs.d"  # containerd hosts.toml (mirrors, CAs); "" = none
 //! metrics_address = ""                   # Prometheus GET /metrics, e.g. "127.0.0.1:9464"; "" = off
 //! ```
@@ -29,6 +31,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/lazysnap/config.toml";
 /// Default state root.
 pub const DEFAULT_ROOT: &str = "/var/lib/lazysnap";
+/// Default fetch window of a read that misses, bytes (see
+/// [`Config::fetch_window`]).
+pub const DEFAULT_FETCH_WINDOW: u64 = 512 << 10;
 /// Default socket path of the daemon.
 pub const DEFAULT_ADDRESS: &str = "/run/lazysnap/lazysnap.sock";
 
@@ -58,6 +63,11 @@ pub struct Config {
     pub background_fetch: bool,
     /// Pace of the background fetch, bytes per second.
     pub background_rate: u64,
+    /// Fetch window of a read that misses, in compressed bytes: the chunks
+    /// after the missed one in the layer blob, up to this many bytes, come
+    /// in the same range request (see `snapshot/stream.rs`); 0 = the missed
+    /// chunk alone.
+    pub fetch_window: u64,
     /// containerd's registry host configuration dir (`<dir>/<host>/hosts.toml`:
     /// mirrors, CAs, headers); empty = none.
     pub hosts_dir: PathBuf,
@@ -97,6 +107,7 @@ impl Default for Config {
             platform: String::new(),
             background_fetch: true,
             background_rate: 10 << 20,
+            fetch_window: DEFAULT_FETCH_WINDOW,
             hosts_dir: PathBuf::from("/etc/containerd/certs.d"),
             metrics_address: None,
         }

@@ -117,6 +117,7 @@ fn main() -> anyhow::Result<()> {
                 insecure_registries: cfg.insecure_registries.clone(),
                 platform: cfg.platform.clone(),
                 background_rate: cfg.background_fetch.then_some(cfg.background_rate),
+                fetch_window: cfg.fetch_window,
                 hosts_dir: (!cfg.hosts_dir.as_os_str().is_empty()).then(|| cfg.hosts_dir.clone()),
             });
             rt.block_on(service::serve(ServeOptions {

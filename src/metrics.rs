@@ -179,15 +179,23 @@ pub struct BackgroundProgress {
 }
 
 impl BackgroundProgress {
-    /// Starts a pass over `total` bytes of chunks, none done yet.
-    pub fn start(&self, total: u64) {
+    /// Starts a pass over `total` bytes of chunks; the bytes done start
+    /// at 0 when `fresh` (no other pass over this layer runs), else they
+    /// stay (the passes of several snapshots of one layer share the gauge).
+    pub fn start(&self, total: u64, fresh: bool) {
         self.total.set(total);
-        self.done.set(0);
+        if fresh {
+            self.done.set(0);
+        }
     }
 
-    /// Adds `bytes` to the bytes done (cached by this pass or found cached).
-    pub fn advance(&self, bytes: u64) {
-        self.done.inc_by(bytes);
+    /// Records that a pass has found `done` bytes of the layer cached so
+    /// far (fetched by it, or by anyone): the gauge keeps the largest
+    /// figure any pass reported.
+    pub fn reached(&self, done: u64) {
+        self.done
+            .inner()
+            .fetch_max(done, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

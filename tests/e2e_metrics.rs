@@ -482,10 +482,6 @@ impl Drop for ConfigRestore<'_> {
 }
 
 #[test]
-#[ignore = "in the shared test environment the restart with background fetch on also resumes \
-            every earlier test's remote layers, whose proxies are gone, and this layer's fetch \
-            does not progress within the deadline (seen in scripts/test.sh, 2026-11-30); passes \
-            on a fresh environment: cargo test --test e2e_metrics -- --ignored"]
 fn background_fetch_progress_reaches_the_layer_total() {
     assert!(is_lazysnap(), "metrics are lazysnap's");
     common::push_images();

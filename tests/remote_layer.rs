@@ -22,6 +22,7 @@ fn ctx(dir: &std::path::Path, rt: &tokio::runtime::Runtime) -> Arc<RemoteContext
         insecure_registries: Vec::new(),
         platform: String::new(),
         background_rate: None,
+        fetch_window: 0,
         hosts_dir: None,
     };
     Arc::new(remote_context(dir, &opts, rt.handle().clone()).unwrap())

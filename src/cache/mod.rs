@@ -23,6 +23,7 @@
 //! - A disk error never fails a read: the chunk is served uncached and
 //!   counted in [`CacheStats::store_errors`].
 
+mod batch;
 mod disk;
 mod error;
 mod flight;
@@ -44,6 +45,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use bytes::Bytes;
 use tokio::sync::Notify;
 
+pub use batch::LedBatch;
 pub use error::{CacheError, CacheMismatch};
 
 use crate::oci::Digest;

@@ -233,7 +233,7 @@ impl<'a> Builder<'a> {
                 _ => {
                     tracing::warn!(
                         name = full,
-                        target = e.link_name,
+                        target = e.link_name.as_str(),
                         "hardlink target missing, skipped"
                     );
                     return;
@@ -489,7 +489,7 @@ impl RemoteTree {
         let n = self
             .get(rel)
             .ok_or_else(|| self.missing("listxattr", rel, libc::ENOENT))?;
-        Ok(self.toc.entries.get(n.entry as usize).map(|e| &e.xattrs))
+        Ok(self.toc.entries.get(n.entry as usize).map(|e| &*e.xattrs))
     }
 
     /// The xattr names of `rel`.

@@ -1,7 +1,7 @@
 //! Test helpers: hand-built TOCs and an in-memory [`ChunkReader`] that
 //! counts its calls and can be told to fail.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -111,19 +111,19 @@ impl TocBuilder {
 
     fn push(&mut self, name: &str, kind: EntryKind, mode: u32) -> &mut Self {
         self.entries.push(Entry {
-            name: name.to_string(),
+            name: name.into(),
             kind,
             size: 0,
             mode,
             uid: 0,
             gid: 0,
             mtime: (1_700_000_000, 0),
-            link_name: String::new(),
+            link_name: Default::default(),
             dev_major: 0,
             dev_minor: 0,
-            xattrs: BTreeMap::new(),
+            xattrs: Default::default(),
             digest: None,
-            chunks: Vec::new(),
+            chunks: Default::default(),
         });
         self.data.push(Vec::new());
         self
@@ -155,7 +155,7 @@ impl TocBuilder {
         let e = self.entries.last_mut().unwrap();
         e.size = data.len() as u64;
         e.digest = (!data.is_empty()).then(|| Digest::sha256_of(data));
-        e.chunks = chunks;
+        e.chunks = chunks.into();
         *self.data.last_mut().unwrap() = bytes;
         self
     }
@@ -163,14 +163,14 @@ impl TocBuilder {
     /// A symlink to `target`.
     pub(crate) fn symlink(&mut self, name: &str, target: &str) -> &mut Self {
         self.push(name, EntryKind::Symlink, 0o777);
-        self.entries.last_mut().unwrap().link_name = target.to_string();
+        self.entries.last_mut().unwrap().link_name = target.into();
         self
     }
 
     /// A hardlink to the entry named `target`.
     pub(crate) fn hardlink(&mut self, name: &str, target: &str) -> &mut Self {
         self.push(name, EntryKind::Hardlink, 0o644);
-        self.entries.last_mut().unwrap().link_name = target.to_string();
+        self.entries.last_mut().unwrap().link_name = target.into();
         self
     }
 

@@ -47,16 +47,20 @@ fn layer_fetches_are_counted_per_layer_and_source() {
 fn background_progress_is_a_pair_of_gauges() {
     let m = Metrics::new();
     let p = m.background_progress(L1);
-    p.start(10_000);
-    p.advance(2_500);
-    p.advance(500);
+    p.start(10_000, true);
+    p.reached(2_500);
+    p.reached(3_000);
+    // A second pass over the same layer joins without a reset, and a
+    // smaller figure of it does not lower the gauge.
+    p.start(10_000, false);
+    p.reached(1_000);
     let t = m.render();
     let g = |name: &str| value(&t, &format!("lazysnap_{name}{{layer=\"{L1}\"}}"));
     assert_eq!(g("background_fetch_done_bytes"), Some(3_000.0), "{t}");
     assert_eq!(g("background_fetch_total_bytes"), Some(10_000.0));
     assert!(t.contains("# TYPE lazysnap_background_fetch_done_bytes gauge\n"));
-    // A new pass starts from zero.
-    p.start(10_000);
+    // A new pass with no other running starts from zero.
+    p.start(10_000, true);
     let t = m.render();
     assert_eq!(
         value(
@@ -173,7 +177,7 @@ fn cache_numbers_are_read_at_scrape_time() {
 fn output_is_prometheus_text_format() {
     let m = Metrics::new();
     m.layer(L1).fetch(FetchSource::Read).fetched(1);
-    m.background_progress(L1).start(1);
+    m.background_progress(L1).start(1, true);
     m.fuse_op("getattr", Duration::from_micros(1), true);
     m.watch_cache(|| Some(CacheSample::default()));
     let t = m.render();

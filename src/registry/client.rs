@@ -469,6 +469,33 @@ impl RegistryClient {
         start: u64,
         end: u64,
     ) -> Result<Bytes, RegistryError> {
+        self.read_range_progressive(r, digest, start, end, &|_| {})
+            .await
+    }
+
+    /// [`Self::read_range`], telling `progress` what has arrived as it
+    /// arrives: after each piece of the body, `progress` gets the bytes of
+    /// the range received so far in this attempt (a prefix of
+    /// `[start, end)`, growing). A retried attempt starts again from an
+    /// empty prefix, so `progress` must tolerate seeing the same prefix
+    /// twice. Lets a caller use the first chunks of a long range before the
+    /// last ones have arrived.
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::read_range`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe.
+    pub async fn read_range_progressive(
+        &self,
+        r: &Reference,
+        digest: &Digest,
+        start: u64,
+        end: u64,
+        progress: &Progress<'_>,
+    ) -> Result<Bytes, RegistryError> {
         if start == end {
             return Ok(Bytes::new());
         }
@@ -485,7 +512,8 @@ impl RegistryClient {
         };
         let target = &target;
         self.across(r, Need::Pull, target, |ep| async move {
-            self.range_once(r, &ep, digest, range, target).await
+            self.range_once(r, &ep, digest, range, target, progress)
+                .await
         })
         .await
     }
@@ -497,6 +525,7 @@ impl RegistryClient {
         digest: &Digest,
         range: ByteRange,
         target: &Target,
+        progress: &Progress<'_>,
     ) -> Result<Bytes, RegistryError> {
         let mut headers = identity_headers();
         let value = HeaderValue::from_str(&range.to_http_header())
@@ -517,7 +546,9 @@ impl RegistryClient {
             };
             let (resp, final_url) = self.t().send(&call).await?;
             if !matches!(resp.status().as_u16(), 401 | 403) {
-                return self.take_range(&key, target, range, &final_url, resp).await;
+                return self
+                    .take_range(&key, target, range, &final_url, resp, progress)
+                    .await;
             }
             tracing::info!(%target, url = %redact(&final_url), status = resp.status().as_u16(), "cached redirect refused; re-resolving via the registry");
             lock(&self.inner.redirects).remove(&redirect_key);
@@ -534,7 +565,8 @@ impl RegistryClient {
         if final_url != registry_url && resp.status().is_success() {
             lock(&self.inner.redirects).insert(redirect_key, final_url.clone());
         }
-        self.take_range(&key, target, range, &final_url, resp).await
+        self.take_range(&key, target, range, &final_url, resp, progress)
+            .await
     }
 
     /// Checks a range response and reads exactly the range from it.
@@ -545,6 +577,7 @@ impl RegistryClient {
         range: ByteRange,
         url: &Url,
         resp: Response,
+        progress: &Progress<'_>,
     ) -> Result<Bytes, RegistryError> {
         let resp = check_status(target, url, resp).await?;
         let mismatch = |reason: String| RegistryError::RangeMismatch {
@@ -571,7 +604,13 @@ impl RegistryClient {
                         range.end()
                     )));
                 }
-                read_span(target, url, resp, 0, range.len(), true, true).await
+                let span = Span {
+                    skip: 0,
+                    len: range.len(),
+                    exact: true,
+                    promised: true,
+                };
+                read_span(target, url, resp, span, progress).await
             }
             (StatusCode::PARTIAL_CONTENT, None) => {
                 Err(mismatch("206 without Content-Range".into()))
@@ -588,35 +627,52 @@ impl RegistryClient {
                         "200 with the whole blob of {t} bytes, range ends past it"
                     )));
                 }
-                read_span(
-                    target,
-                    url,
-                    resp,
-                    range.start(),
-                    range.len(),
-                    false,
-                    total.is_some(),
-                )
-                .await
+                let span = Span {
+                    skip: range.start(),
+                    len: range.len(),
+                    exact: false,
+                    promised: total.is_some(),
+                };
+                read_span(target, url, resp, span, progress).await
             }
             (s, _) => Err(mismatch(format!("HTTP {} to a range request", s.as_u16()))),
         }
     }
 }
 
+/// Told the bytes of a range received so far; see
+/// [`RegistryClient::read_range_progressive`].
+pub type Progress<'a> = dyn Fn(&[u8]) + Send + Sync + 'a;
+
+/// Which part of a response body is the range: `len` bytes after `skip`;
+/// `exact` when the body must be exactly that (a 206), `promised` when the
+/// length was announced (Content-Range or Content-Length).
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    skip: u64,
+    len: u64,
+    exact: bool,
+    promised: bool,
+}
+
 /// Reads `len` bytes after skipping `skip`, then drops the response (and
-/// its connection). A body ending early is [`RegistryError::Truncated`]
+/// its connection), telling `progress` the prefix received after each
+/// piece. A body ending early is [`RegistryError::Truncated`]
 /// when the length was promised, else a mismatch; a 206 body longer than
 /// the range is a mismatch when `exact` (a 206), else the rest is dropped.
 async fn read_span(
     target: &Target,
     url: &Url,
     mut resp: Response,
-    skip: u64,
-    len: u64,
-    exact: bool,
-    promised: bool,
+    span: Span,
+    progress: &Progress<'_>,
 ) -> Result<Bytes, RegistryError> {
+    let Span {
+        skip,
+        len,
+        exact,
+        promised,
+    } = span;
     let mut out = BytesMut::with_capacity(len as usize);
     let mut to_skip = skip;
     while let Some(mut chunk) = resp.chunk().await.map_err(|e| network(target, url, e))? {
@@ -633,6 +689,9 @@ async fn read_span(
             });
         }
         out.extend_from_slice(&chunk[..chunk.len().min(want)]);
+        if !chunk.is_empty() {
+            progress(&out);
+        }
         if out.len() as u64 == len && !exact {
             return Ok(out.freeze());
         }

@@ -48,6 +48,8 @@ pub struct LazyOptions {
     pub platform: String,
     /// Background fetch pace in bytes/s; `None` = off.
     pub background_rate: Option<u64>,
+    /// Fetch window of a read that misses, compressed bytes; 0 = off.
+    pub fetch_window: u64,
     /// containerd hosts.toml dir; `None` = none.
     pub hosts_dir: Option<PathBuf>,
 }
@@ -172,6 +174,7 @@ pub fn remote_context(
         platform,
         ahead: Default::default(),
         background_rate: l.background_rate,
+        fetch_window: l.fetch_window,
     })
 }
 

@@ -5,9 +5,13 @@
 //!   range request right after the layer is resolved.
 //! - **Background fetch**: then the rest of the layer, in blob order, in range
 //!   requests of up to [`BATCH_BYTES`] of compressed data, paced to a byte
-//!   rate, so a container stops depending on the registry. Chunks already
-//!   cached or in flight (a FUSE read) are skipped; a FUSE read never waits
-//!   for this work, it only shares a fetch that is already under way.
+//!   rate, so a container stops depending on the registry. It yields to
+//!   reads: a request starts only while no fetch for a read is under way
+//!   (`stream::demand_idle`). Chunks already cached are skipped; chunks in
+//!   flight elsewhere (a read, or the pass of another snapshot of the same
+//!   layer) are waited for and fetched here if that fetch fails, so a dead
+//!   source of one snapshot does not stall the pass of another. A FUSE read
+//!   never waits for this work, it only shares a fetch under way.
 //!
 //! The task is aborted when the snapshot is removed (cancel safe: the cache
 //! ends the flights it led). Errors only end the task, with a log line: reads
@@ -17,21 +21,20 @@
 //! while the background fetch runs, `background_fetch_total_bytes` holds the
 //! compressed bytes of the layer's chunks (one per digest, the spans
 //! `[offset, end)` of the TOC) and `background_fetch_done_bytes` the part of
-//! them found cached or fetched so far in this pass (prefetched chunks
-//! included); they are equal when the pass completes.
+//! them found cached or fetched so far (prefetched chunks included; with
+//! several passes over one layer, the furthest pass); they are equal when a
+//! pass completes.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use bytes::Bytes;
 use tracing::{debug, info};
 
 use super::remote::{ChunkFetchError, RemoteContext, ResolvedLayer};
-use crate::format::chunk::decode_verified;
-use crate::format::{Chunk, EntryKind, Toc};
+use crate::format::EntryKind;
 use crate::metrics::{FetchSource, LayerFetch};
 use crate::oci::Digest;
-use crate::registry::Reference;
 
 /// Largest compressed span fetched by one background request.
 pub const BATCH_BYTES: u64 = 4 << 20;
@@ -76,52 +79,68 @@ fn landmark(layer: &ResolvedLayer) -> Option<u64> {
         .map(|c| c.offset)
 }
 
+/// Background passes running, per layer digest (several snapshots of one
+/// layer, e.g. in two namespaces or through two references, each run one).
+fn running() -> &'static Mutex<HashMap<Digest, usize>> {
+    static RUNNING: OnceLock<Mutex<HashMap<Digest, usize>>> = OnceLock::new();
+    RUNNING.get_or_init(Default::default)
+}
+
+/// One background pass counted in [`running`] until dropped (also when its
+/// task is aborted).
+struct Running(Digest);
+
+impl Running {
+    /// Counts a pass over `layer`; `true` when no other pass over it runs.
+    fn enter(layer: &Digest) -> (Running, bool) {
+        let mut map = running().lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(layer.clone()).or_insert(0);
+        *n += 1;
+        (Running(layer.clone()), *n == 1)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let mut map = running().lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.0) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.0);
+            }
+        }
+    }
+}
+
 impl RemoteContext {
-    /// Fetches `batch` (chunks of the blob `digest` of `reference`, in one
-    /// range request from the first to the last) and stores each chunk in the
-    /// cache. Chunks cached or in flight elsewhere are not fetched again. The
-    /// range request is counted in `counters`.
-    pub(super) async fn fetch_batch(
+    /// One batch of a background pass: the chunks nobody fetches are
+    /// streamed in one range request; those another fetch has under way
+    /// (a read, or another snapshot's pass over the same layer, maybe
+    /// through a registry that is gone) are waited for, and fetched here
+    /// when that fetch fails, so that another source's failure does not
+    /// stop this pass.
+    ///
+    /// # Errors
+    ///
+    /// This pass's own fetch failed.
+    async fn background_batch(
         &self,
-        reference: &Reference,
-        digest: &Digest,
-        toc: &Toc,
+        layer: &ResolvedLayer,
         batch: &[Item],
         counters: &LayerFetch,
     ) -> Result<(), ChunkFetchError> {
-        let chunk_of = |i: &Item| -> &Chunk { &toc.entries[i.entry].chunks[i.chunk] };
-        let keys: Vec<Digest> = batch.iter().map(|i| i.key.clone()).collect();
-        self.cache
-            .get_or_fetch_many(&keys, |missing: Vec<Digest>| {
-                let want: Vec<&Item> = batch.iter().filter(|i| missing.contains(&i.key)).collect();
-                async move {
-                    let start = want.iter().map(|i| chunk_of(i).offset).min().unwrap_or(0);
-                    let end = want.iter().map(|i| chunk_of(i).end).max().unwrap_or(0);
-                    let span = self
-                        .client
-                        .read_range(reference, digest, start, end)
-                        .await
-                        .inspect_err(|_| counters.failed())
-                        .map_err(|e| ChunkFetchError::new(format!("layer {digest}: {e}")))?;
-                    counters.fetched(span.len() as u64);
-                    let mut out = Vec::with_capacity(missing.len());
-                    for key in &missing {
-                        let item = want
-                            .iter()
-                            .find(|i| &i.key == key)
-                            .expect("missing keys come from the batch");
-                        let c = chunk_of(item);
-                        let slice = &span[(c.offset - start) as usize..(c.end - start) as usize];
-                        let name = &toc.entries[item.entry].name;
-                        let bytes = decode_verified(toc.compression, slice, c, name)
-                            .map_err(|e| ChunkFetchError::new(format!("layer {digest}: {e}")))?;
-                        out.push(Bytes::from(bytes));
-                    }
-                    Ok(out)
-                }
-            })
-            .await
-            .map(|_| ())
+        let (r, d, toc) = (&layer.reference, &layer.digest, &layer.toc);
+        self.fetch_batch(r, d, toc, batch, counters).await?;
+        for item in batch {
+            if self.cache.contains(&item.key) {
+                continue;
+            }
+            let one = || self.fetch_chunk(r, d, toc, item.entry, item.chunk, counters);
+            if self.cache.get_or_fetch(&item.key, one()).await.is_err() {
+                self.cache.get_or_fetch(&item.key, one()).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Prefetches the landmark region, then (when `rate` is `Some`, bytes per
@@ -158,14 +177,15 @@ impl RemoteContext {
             }
         }
         let Some(rate) = rate else { return };
+        let (_running, fresh) = Running::enter(&layer.digest);
         let progress = crate::metrics::global().background_progress(layer.digest.as_str());
-        progress.start(total_bytes);
-        let cached: u64 = prefetch
+        progress.start(total_bytes, fresh);
+        let mut done: u64 = prefetch
             .iter()
             .filter(|i| self.cache.contains(&i.key))
             .map(span)
             .sum();
-        progress.advance(cached);
+        progress.reached(done);
         let fetch = counters.fetch(FetchSource::Background);
         let mut fetched = 0u64;
         let mut batch: Vec<Item> = Vec::new();
@@ -179,7 +199,8 @@ impl RemoteContext {
             let last = item.entry == usize::MAX;
             if !last {
                 if self.cache.contains(&item.key) {
-                    progress.advance(span(&item));
+                    done += span(&item);
+                    progress.reached(done);
                     continue;
                 }
                 let c = chunk_of(&item);
@@ -187,15 +208,14 @@ impl RemoteContext {
                 batch.push(item);
             }
             if !batch.is_empty() && (batch_bytes >= BATCH_BYTES || last) {
-                if let Err(e) = self
-                    .fetch_batch(&layer.reference, &layer.digest, &layer.toc, &batch, fetch)
-                    .await
-                {
+                super::stream::demand_idle().await;
+                if let Err(e) = self.background_batch(&layer, &batch, fetch).await {
                     debug!(layer = %layer.digest, error = %e, "background fetch stopped");
                     return;
                 }
                 fetched += batch.len() as u64;
-                progress.advance(batch_bytes);
+                done += batch_bytes;
+                progress.reached(done);
                 let pause = Duration::from_secs_f64(batch_bytes as f64 / rate.max(1) as f64);
                 batch.clear();
                 batch_bytes = 0;

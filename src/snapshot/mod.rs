@@ -15,6 +15,7 @@ mod remote;
 mod remote_prepare;
 mod snapshotter;
 pub mod store;
+mod stream;
 mod usage;
 
 pub use error::SnapshotError;

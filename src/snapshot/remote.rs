@@ -24,16 +24,16 @@
 //! as `whole`. The handles are made once per layer, when its reader is made.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::OnceCell;
 
 use bytes::Bytes;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::cache::{CacheMismatch, ChunkCache};
 use crate::format::estargz::{parse_toc, verify_toc};
-use crate::format::{Compression, FormatError, Toc, chunk::decode_verified, zstd_chunked};
+use crate::format::{Compression, FormatError, Toc, zstd_chunked};
 use crate::fs::{ChunkReader, FsError};
 use crate::image::ImageError;
 use crate::image::source::Source;
@@ -64,6 +64,9 @@ pub struct RemoteContext {
     /// Background fetch rate in bytes per second; `None` turns it off (the
     /// landmark prefetch still runs).
     pub background_rate: Option<u64>,
+    /// Fetch window of a read that misses, in compressed bytes past the
+    /// missed chunk (`snapshot/stream.rs`); 0 = the missed chunk alone.
+    pub fetch_window: u64,
 }
 
 /// A layer whose TOC has been fetched and verified.
@@ -307,6 +310,7 @@ impl RemoteContext {
             reference: layer.reference.clone(),
             digest: layer.digest.clone(),
             toc: layer.toc.clone(),
+            order: OnceLock::new(),
             health: health.clone(),
             metrics: crate::metrics::layer(layer.digest.as_str()),
         });
@@ -359,6 +363,9 @@ struct RemoteBlob {
     reference: Reference,
     digest: Digest,
     toc: Arc<Toc>,
+    /// The layer's chunks in blob order, for fetch windows; made at the
+    /// first miss (8 bytes per chunk).
+    order: OnceLock<Vec<(u32, u32)>>,
     health: Arc<LayerHealth>,
     metrics: LayerMetrics,
 }
@@ -380,41 +387,65 @@ impl LayerHealth {
 }
 
 impl RemoteBlob {
-    async fn fetch(&self, entry: usize, chunk: usize) -> Result<Bytes, ChunkFetchError> {
-        let e = &self.toc.entries[entry];
-        let c = &e.chunks[chunk];
-        let mut last = None;
-        let counters = self.metrics.fetch(FetchSource::Read);
-        // A chunk whose bytes do not verify is fetched once more.
-        for _ in 0..2 {
-            let span = self
-                .ctx
-                .client
-                .read_range(&self.reference, &self.digest, c.offset, c.end)
-                .await
-                .inspect_err(|_| counters.failed())
-                .map_err(|err| ChunkFetchError(format!("layer {}: {err}", self.digest)))?;
-            counters.fetched(span.len() as u64);
-            match decode_verified(self.toc.compression, &span, c, &e.name) {
-                Ok(b) => return Ok(Bytes::from(b)),
-                Err(err) => {
-                    warn!(layer = %self.digest, error = %err, "chunk did not verify");
-                    last = Some(err);
-                }
-            }
+    /// Starts the fetch window of a read that missed `key` (chunk `chunk`
+    /// of entry `entry`): leads the flights of it and of the chunks after
+    /// it (`stream::window_items`) and streams them in the background, so
+    /// that the read waits for its own chunk only. Nothing happens (and
+    /// `false` is returned) when the window is off, the chunk is cached,
+    /// or someone else fetches it.
+    fn start_window(&self, entry: usize, chunk: usize, key: &Digest) -> bool {
+        if self.ctx.fetch_window == 0 || self.ctx.cache.contains(key) {
+            return false;
         }
-        Err(ChunkFetchError(format!(
-            "layer {}: {}",
-            self.digest,
-            last.map(|e| e.to_string()).unwrap_or_default()
-        )))
+        let order = self
+            .order
+            .get_or_init(|| super::stream::blob_order(&self.toc));
+        let items =
+            super::stream::window_items(&self.toc, order, entry, chunk, self.ctx.fetch_window);
+        let keys: Vec<Digest> = items.iter().map(|i| i.key.clone()).collect();
+        let batch = self.ctx.cache.lead(&keys);
+        if !batch.leads(key) {
+            return false; // dropping the batch hands the others back at once
+        }
+        let (ctx, reference, digest, toc) = (
+            self.ctx.clone(),
+            self.reference.clone(),
+            self.digest.clone(),
+            self.toc.clone(),
+        );
+        let counters = self.metrics.fetch(FetchSource::Read).clone();
+        let demand = super::stream::Demand::begin();
+        self.ctx.rt.spawn(async move {
+            let _demand = demand;
+            let fetch = ctx.stream_chunks(&reference, &digest, &toc, &items, batch, &counters);
+            if let Err(e) = fetch.await {
+                debug!(layer = %digest, error = %e, "fetch window failed");
+            }
+        });
+        true
+    }
+
+    async fn fetch(&self, entry: usize, chunk: usize) -> Result<Bytes, ChunkFetchError> {
+        let counters = self.metrics.fetch(FetchSource::Read);
+        let _demand = super::stream::Demand::begin();
+        self.ctx
+            .fetch_chunk(
+                &self.reference,
+                &self.digest,
+                &self.toc,
+                entry,
+                chunk,
+                counters,
+            )
+            .await
     }
 }
 
 impl ChunkReader for RemoteBlob {
     /// Readahead and multi-chunk reads: the chunks not cached yet are fetched
-    /// with one range request in the background; the reads that follow join
-    /// that fetch instead of making their own (one flight per chunk).
+    /// with one range request in the background, each handed over as it
+    /// arrives; the reads that follow join that fetch instead of making
+    /// their own (one flight per chunk).
     fn prefetch(&self, chunks: &[(usize, usize)]) {
         let mut items: Vec<super::background::Item> = chunks
             .iter()
@@ -474,10 +505,19 @@ impl ChunkReader for RemoteBlob {
                 e.name
             )));
         };
+        let windowed = self.start_window(entry, chunk, &key);
+        let cache = &self.ctx.cache;
         let out = self
             .ctx
             .rt
-            .block_on(self.ctx.cache.get_or_fetch(&key, self.fetch(entry, chunk)))
+            .block_on(async {
+                match cache.get_or_fetch(&key, self.fetch(entry, chunk)).await {
+                    // The window's fetch of this chunk failed: once more on
+                    // its own (which retries a chunk that does not verify).
+                    Err(_) if windowed => cache.get_or_fetch(&key, self.fetch(entry, chunk)).await,
+                    out => out,
+                }
+            })
             .map_err(|err| format!("{}: {err}", e.name));
         self.health.record(out.as_ref().err().cloned());
         out.map_err(FsError::remote)

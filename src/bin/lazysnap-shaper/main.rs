@@ -7,8 +7,10 @@
 //!                 [--stats 127.0.0.1:0]
 //! ```
 //!
-//! Every accepted connection is forwarded to `--target`. Each direction is paced on its
-//! own (see [`pace::Pacer`]): limited to `--rate-mbit` (megabits/s, 10^6; 0 = unlimited)
+//! Every accepted connection is forwarded to `--target`. Each direction of the link is
+//! one bottleneck shared by all connections (see [`pace::Pacer`]), so that parallel
+//! connections share the rate as on a real link: limited to `--rate-mbit` (megabits/s,
+//! 10^6; 0 = unlimited)
 //! with a burst of 2 ms of the rate (at least 16 KiB), then delayed by RTT/2. So a
 //! request/response exchange takes at least one RTT, and a TCP handshake through the
 //! proxy is local (the connect to the target starts when the client connects).
@@ -21,8 +23,8 @@
 mod http;
 mod pace;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -143,12 +145,16 @@ async fn serve(args: Args) -> std::io::Result<()> {
         Pacer::new(args.rate_mbit, args.rtt).burst()
     );
     let args = Arc::new(args);
+    let link = Link {
+        up: Arc::new(Mutex::new(Pacer::new(args.rate_mbit, args.rtt))),
+        down: Arc::new(Mutex::new(Pacer::new(args.rate_mbit, args.rtt))),
+    };
     loop {
         let (client, peer) = listener.accept().await?;
         stats.connections.fetch_add(1, Ordering::Relaxed);
-        let (args, stats) = (args.clone(), stats.clone());
+        let (args, stats, link) = (args.clone(), stats.clone(), link.clone());
         tokio::spawn(async move {
-            if let Err(e) = proxy(client, &args, &stats).await {
+            if let Err(e) = proxy(client, &args, &stats, &link).await {
                 eprintln!("lazysnap-shaper: connection from {peer}: {e}");
             }
         });
@@ -173,6 +179,11 @@ async fn serve_stats(l: TcpListener, stats: Arc<Stats>) {
     }
 }
 
+/// The pacer, also after a panic elsewhere (its state stays consistent: one call at a time).
+fn lock(p: &Mutex<Pacer>) -> std::sync::MutexGuard<'_, Pacer> {
+    p.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Which way bytes go, for the counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Dir {
@@ -180,19 +191,40 @@ enum Dir {
     ToClient,
 }
 
-async fn proxy(client: TcpStream, args: &Args, stats: &Arc<Stats>) -> std::io::Result<()> {
+/// The link's two bottlenecks, one per direction, shared by every connection: parallel
+/// connections split the rate as they would on a real link, rather than each getting all
+/// of it.
+#[derive(Debug, Clone)]
+struct Link {
+    up: Arc<Mutex<Pacer>>,
+    down: Arc<Mutex<Pacer>>,
+}
+
+async fn proxy(
+    client: TcpStream,
+    args: &Args,
+    stats: &Arc<Stats>,
+    link: &Link,
+) -> std::io::Result<()> {
     let server = TcpStream::connect(&args.target).await?;
     client.set_nodelay(true)?;
     server.set_nodelay(true)?;
     let (cr, cw) = client.into_split();
     let (sr, sw) = server.into_split();
-    let up = pipe(cr, sw, args, stats.clone(), Dir::ToServer);
-    let down = pipe(sr, cw, args, stats.clone(), Dir::ToClient);
+    let up = pipe(cr, sw, args, stats.clone(), link.up.clone(), Dir::ToServer);
+    let down = pipe(
+        sr,
+        cw,
+        args,
+        stats.clone(),
+        link.down.clone(),
+        Dir::ToClient,
+    );
     let (a, b) = tokio::join!(up, down);
     a.and(b)
 }
 
-/// Copies `from` to `to` through a [`Pacer`]: a reader stamps each piece with its
+/// Copies `from` to `to` through the direction's shared [`Pacer`]: a reader stamps each piece with its
 /// delivery time and queues it (bounded by [`pace::queue_bytes`]); a writer sleeps until
 /// that time and writes. End of stream is passed on as a write shutdown.
 async fn pipe<R, W>(
@@ -200,14 +232,14 @@ async fn pipe<R, W>(
     mut to: W,
     args: &Args,
     stats: Arc<Stats>,
+    pacer: Arc<Mutex<Pacer>>,
     dir: Dir,
 ) -> std::io::Result<()>
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let mut pacer = Pacer::new(args.rate_mbit, args.rtt);
-    let piece = pacer.piece_size();
+    let piece = lock(&pacer).piece_size();
     let slots = (pace::queue_bytes(args.rate_mbit, args.rtt) as usize / piece).max(16);
     let (tx, mut rx) = mpsc::channel::<(Instant, Vec<u8>)>(slots);
     let counted = stats.clone();
@@ -238,7 +270,7 @@ where
             let r = requests.feed(&buf);
             stats.requests.fetch_add(r, Ordering::Relaxed);
         }
-        let at = pacer.deliver_at(Instant::now().into_std(), n as u64);
+        let at = lock(&pacer).deliver_at(Instant::now().into_std(), n as u64);
         if tx.send((Instant::from_std(at), buf)).await.is_err() {
             break Ok(()); // the writer failed; its error is returned below
         }

@@ -173,19 +173,31 @@ pub fn parse_toc(
         }
     }
     let mut entries: Vec<Entry> = Vec::with_capacity(jtoc.entries.len());
-    // Index in `entries` of the last regular file, for its `chunk` entries.
-    let mut last_reg: Option<usize> = None;
+    // The last regular file (its index in `entries`) and its chunks so far:
+    // its `chunk` entries follow it directly.
+    let mut open: Option<(usize, Vec<Chunk>)> = None;
     for je in &jtoc.entries {
         let name = clean_name(&je.name).map_err(FormatError::Toc)?;
         if je.kind == "chunk" {
-            let Some(i) = last_reg.filter(|&i| entries[i].name == name) else {
+            let Some((i, chunks)) = open.as_mut().filter(|(i, _)| entries[*i].name == name) else {
                 return Err(FormatError::Toc(format!(
                     "chunk entry {name:?} does not follow a regular file of that name"
                 )));
             };
-            let c = chunk(je, &name, entries[i].size, toc_offset, &starts)?;
-            entries[i].chunks.push(c);
+            let file = &entries[*i];
+            let c = chunk(
+                je,
+                &name,
+                file.size,
+                toc_offset,
+                &starts,
+                file.digest.as_ref(),
+            )?;
+            chunks.push(c);
             continue;
+        }
+        if let Some((i, chunks)) = open.take() {
+            finish(&mut entries[i], chunks)?;
         }
         let kind = match je.kind.as_str() {
             "dir" => EntryKind::Dir,
@@ -219,41 +231,60 @@ pub fn parse_toc(
                 rfc3339::parse(t).map_err(|e| FormatError::Toc(format!("entry {name:?}: {e}")))?
             }
         };
-        let mut entry = Entry {
-            name: name.clone(),
+        let entry = Entry {
             kind,
             size: if kind == EntryKind::Reg { size } else { 0 },
             mode: (je.mode & 0o7777) as u32,
             uid: id(je.uid, "uid", &name)?,
             gid: id(je.gid, "gid", &name)?,
             mtime,
-            link_name,
+            link_name: link_name.into(),
             dev_major: id(je.dev_major, "devMajor", &name)?,
             dev_minor: id(je.dev_minor, "devMinor", &name)?,
-            xattrs,
+            xattrs: xattrs.into(),
             digest: digest(&je.digest, &name)?,
-            chunks: Vec::new(),
+            chunks: Default::default(),
+            name: name.into(),
         };
-        if kind == EntryKind::Reg && size > 0 {
-            let c = chunk(je, &name, size, toc_offset, &starts)?;
-            entry.chunks.push(c);
+        if kind == EntryKind::Reg {
+            let mut chunks = Vec::new();
+            if size > 0 {
+                let c = chunk(
+                    je,
+                    &entry.name,
+                    size,
+                    toc_offset,
+                    &starts,
+                    entry.digest.as_ref(),
+                )?;
+                chunks.push(c);
+            }
+            open = Some((entries.len(), chunks));
         }
-        last_reg = (kind == EntryKind::Reg).then_some(entries.len());
         entries.push(entry);
     }
-    for e in &mut entries {
-        check_tiling(e)?;
-        // Without per-chunk digests a single-chunk file is checked by its digest.
-        if let [c] = e.chunks.as_mut_slice()
-            && c.digest.is_none()
-        {
-            c.digest = e.digest.clone();
-        }
+    if let Some((i, chunks)) = open.take() {
+        finish(&mut entries[i], chunks)?;
     }
+    entries.shrink_to_fit();
     Ok(Toc {
         compression,
         entries,
     })
+}
+
+/// Checks that `chunks` tile the regular file `e` and stores them in it.
+/// A single chunk without a per-chunk digest is checked by the file's; one
+/// whose digest equals the file's shares its allocation.
+fn finish(e: &mut Entry, mut chunks: Vec<Chunk>) -> Result<(), FormatError> {
+    check_tiling(&e.name, e.size, &chunks)?;
+    if let [c] = chunks.as_mut_slice()
+        && (c.digest.is_none() || c.digest == e.digest)
+    {
+        c.digest.clone_from(&e.digest);
+    }
+    e.chunks = chunks.into();
+    Ok(())
 }
 
 fn chunk(
@@ -262,6 +293,7 @@ fn chunk(
     file_size: u64,
     toc_offset: u64,
     starts: &BTreeSet<u64>,
+    file_digest: Option<&Digest>,
 ) -> Result<Chunk, FormatError> {
     let offset = nonneg(je.offset, "offset", name)?;
     let file_offset = nonneg(je.chunk_offset, "chunkOffset", name)?;
@@ -290,29 +322,32 @@ fn chunk(
         inner_offset: nonneg(je.inner_offset, "innerOffset", name)?,
         file_offset,
         size,
-        digest: digest(&je.chunk_digest, name)?,
+        // The usual case, equal to the file's: shared, not parsed again.
+        digest: match file_digest {
+            Some(d) if d.as_str() == je.chunk_digest => Some(d.clone()),
+            _ => digest(&je.chunk_digest, name)?,
+        },
     })
 }
 
-/// The chunks of a regular file must cover `[0, size)` in order, without gaps.
-fn check_tiling(e: &Entry) -> Result<(), FormatError> {
-    if e.kind != EntryKind::Reg {
-        return Ok(());
-    }
+/// The chunks of regular file `name` must cover `[0, size)` in order,
+/// without gaps.
+fn check_tiling(name: &str, size: u64, chunks: &[Chunk]) -> Result<(), FormatError> {
     let mut at = 0u64;
-    for c in &e.chunks {
+    for c in chunks {
         if c.file_offset != at || c.size == 0 {
             return Err(FormatError::Toc(format!(
-                "entry {:?}: chunk at file offset {} (size {}) where {at} was expected",
-                e.name, c.file_offset, c.size
+                "entry {name:?}: chunk at file offset {} (size {}) where {at} was expected",
+                c.file_offset, c.size
             )));
         }
-        at += c.size;
+        at = at
+            .checked_add(c.size)
+            .ok_or_else(|| FormatError::Toc(format!("entry {name:?}: chunk sizes overflow")))?;
     }
-    if at != e.size {
+    if at != size {
         return Err(FormatError::Toc(format!(
-            "entry {:?}: chunks cover {at} of {} bytes",
-            e.name, e.size
+            "entry {name:?}: chunks cover {at} of {size} bytes"
         )));
     }
     Ok(())
@@ -376,6 +411,23 @@ mod tests {
         ));
         let t = parse_toc(j.as_bytes(), 50, Compression::Zstd).unwrap();
         assert_eq!(t.entries[0].chunks[0].digest.as_ref().unwrap().as_str(), D1);
+    }
+
+    #[test]
+    fn equal_file_and_chunk_digests_share_one_allocation() {
+        let j = toc(&format!(
+            r#"{{"name":"f","type":"reg","size":3,"offset":10,"digest":"{D1}","chunkDigest":"{D1}"}},
+               {{"name":"g","type":"reg","size":3,"offset":20,"digest":"{D1}","chunkDigest":"{D2}"}}"#
+        ));
+        let t = parse_toc(j.as_bytes(), 50, Compression::Gzip).unwrap();
+        let text = |d: &Option<Digest>| d.as_ref().unwrap().as_str().as_ptr();
+        let f = &t.entries[0];
+        assert_eq!(f.digest.as_ref().unwrap().as_str(), D1);
+        assert_eq!(text(&f.digest), text(&f.chunks[0].digest));
+        // A differing chunk digest is kept as given.
+        let g = &t.entries[1];
+        assert_eq!(g.chunks[0].digest.as_ref().unwrap().as_str(), D2);
+        assert_eq!((g.chunks[0].offset, g.chunks[0].end), (20, 50));
     }
 
     #[test]

@@ -83,6 +83,8 @@ struct Open {
     idx: usize,
     /// Its `endOffset`, when given.
     end_offset: Option<u64>,
+    /// Its chunks so far, their `end` not yet set.
+    chunks: Vec<Chunk>,
     /// Per chunk: whether it is a `zeros` chunk.
     zeros: Vec<bool>,
 }
@@ -137,9 +139,9 @@ pub fn parse_toc(json: &[u8], toc_offset: u64) -> Result<Toc, FormatError> {
                     "chunk entry {name:?} does not follow a regular file of that name"
                 )));
             };
-            let file = &mut entries[o.idx];
-            let (c, zero) = chunk(je, &name, file.size, toc_offset)?;
-            file.chunks.push(c);
+            let file = &entries[o.idx];
+            let (c, zero) = chunk(je, &name, file.size, toc_offset, file.digest.as_ref())?;
+            o.chunks.push(c);
             o.zeros.push(zero);
             continue;
         }
@@ -172,31 +174,31 @@ pub fn parse_toc(json: &[u8], toc_offset: u64) -> Result<Toc, FormatError> {
             None | Some("") => (0, 0),
             Some(t) => rfc3339::parse(t).map_err(|e| toc_err(&name, e))?,
         };
-        let mut entry = Entry {
-            name: name.clone(),
+        let entry = Entry {
             kind,
             size: if kind == EntryKind::Reg { size } else { 0 },
             mode: (je.mode & 0o7777) as u32,
             uid: id(je.uid, "uid", &name)?,
             gid: id(je.gid, "gid", &name)?,
             mtime,
-            link_name,
+            link_name: link_name.into(),
             dev_major: id(je.dev_major, "devMajor", &name)?,
             dev_minor: id(je.dev_minor, "devMinor", &name)?,
-            xattrs,
+            xattrs: xattrs.into(),
             digest: digest(&je.digest, &name)?,
-            chunks: Vec::new(),
+            chunks: Default::default(),
+            name: name.into(),
         };
         if kind == EntryKind::Reg && size > 0 {
-            let (c, zero) = chunk(je, &name, size, toc_offset)?;
-            entry.chunks.push(c);
+            let (c, zero) = chunk(je, &entry.name, size, toc_offset, entry.digest.as_ref())?;
             let end_offset = match je.end_offset {
                 0 => None,
-                v => Some(nonneg(v, "endOffset", &name)?),
+                v => Some(nonneg(v, "endOffset", &entry.name)?),
             };
             open = Some(Open {
                 idx: entries.len(),
                 end_offset,
+                chunks: vec![c],
                 zeros: vec![zero],
             });
         }
@@ -205,6 +207,7 @@ pub fn parse_toc(json: &[u8], toc_offset: u64) -> Result<Toc, FormatError> {
     if let Some(o) = open.take() {
         finish(&mut entries[o.idx], o, toc_offset, &starts)?;
     }
+    entries.shrink_to_fit();
     Ok(Toc {
         compression: Compression::Zstd,
         entries,
@@ -218,6 +221,7 @@ fn chunk(
     name: &str,
     file_size: u64,
     toc_offset: u64,
+    file_digest: Option<&Digest>,
 ) -> Result<(Chunk, bool), FormatError> {
     let offset = nonneg(je.offset, "offset", name)?;
     let file_offset = nonneg(je.chunk_offset, "chunkOffset", name)?;
@@ -255,43 +259,56 @@ fn chunk(
             inner_offset: 0,
             file_offset,
             size,
-            digest: digest(&je.chunk_digest, name)?,
+            // The usual case, equal to the file's: shared, not parsed again.
+            digest: match file_digest {
+                Some(d) if d.as_str() == je.chunk_digest => Some(d.clone()),
+                _ => digest(&je.chunk_digest, name)?,
+            },
         },
         zero,
     ))
 }
 
 /// Sets the compressed ends of a file's chunks, fills in a single chunk's
-/// digest, and checks the chunks tile the file.
+/// digest (sharing the file's), checks the chunks tile the file, and stores
+/// them in it.
 fn finish(
     e: &mut Entry,
     o: Open,
     toc_offset: u64,
     starts: &BTreeSet<u64>,
 ) -> Result<(), FormatError> {
-    let n = e.chunks.len();
-    if n == 1 && e.chunks[0].digest.is_none() {
-        e.chunks[0].digest = e.digest.clone();
+    let Open {
+        end_offset,
+        mut chunks,
+        zeros,
+        ..
+    } = o;
+    let n = chunks.len();
+    if let [c] = chunks.as_mut_slice()
+        && (c.digest.is_none() || c.digest == e.digest)
+    {
+        c.digest.clone_from(&e.digest);
     }
     for i in 0..n {
-        let offset = e.chunks[i].offset;
-        if e.chunks[i].digest.is_none() {
+        let offset = chunks[i].offset;
+        if chunks[i].digest.is_none() {
             return Err(toc_err(
                 &e.name,
                 format!(
                     "chunk at file offset {} has no digest",
-                    e.chunks[i].file_offset
+                    chunks[i].file_offset
                 ),
             ));
         }
-        if o.zeros[i] {
+        if zeros[i] {
             // No compressed bytes to fetch: `end == offset` marks zeros.
             continue;
         }
         let end = if i + 1 < n {
-            e.chunks[i + 1].offset
+            chunks[i + 1].offset
         } else {
-            o.end_offset.unwrap_or_else(|| {
+            end_offset.unwrap_or_else(|| {
                 starts
                     .range(offset + 1..)
                     .next()
@@ -307,10 +324,10 @@ fn finish(
                 ),
             ));
         }
-        e.chunks[i].end = end;
+        chunks[i].end = end;
     }
     let mut at = 0u64;
-    for c in &e.chunks {
+    for c in &chunks {
         if c.file_offset != at || c.size == 0 {
             return Err(toc_err(
                 &e.name,
@@ -330,6 +347,7 @@ fn finish(
             format!("chunks cover {at} of {} bytes", e.size),
         ));
     }
+    e.chunks = chunks.into();
     Ok(())
 }
 
@@ -387,6 +405,11 @@ mod tests {
         let one = &t.entries[2];
         assert_eq!((one.chunks[0].offset, one.chunks[0].end), (310, 330));
         assert_eq!(one.chunks[0].digest.as_ref().unwrap().as_str(), D1);
+        // ... shared with the file, not a copy.
+        assert_eq!(
+            one.chunks[0].digest.as_ref().unwrap().as_str().as_ptr(),
+            one.digest.as_ref().unwrap().as_str().as_ptr()
+        );
         assert!(t.entries[3].chunks.is_empty());
         assert_eq!(t.entries[5].link_name, "bin/big");
         assert_eq!((t.entries[6].dev_major, t.entries[6].dev_minor), (1, 3));

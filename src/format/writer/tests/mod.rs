@@ -212,7 +212,7 @@ pub(super) fn read_back(format: LayerFormat, blob: &[u8], w: &LayerWritten) -> R
                 .clone()
                 .or_else(|| { (e.size == 0).then(|| Digest::sha256_of(b"")) })
         );
-        files.insert(e.name.clone(), got);
+        files.insert(e.name.to_string(), got);
     }
     let stream = match format.compression() {
         Compression::Gzip => {
