@@ -16,7 +16,7 @@
 //! platform = ""                          # os/arch[/variant] to pick from an index; "" = host
 //! background_fetch = true                # fetch the rest of each lazy layer in the background
 //! background_rate = 10485760             # its pace, bytes/s
-//! fetch_window = 524288                  # a read that misses also fetches this many
+//! fetch_window = 1048576                 # a read that misses also fetches this many
 //!                                        # compressed bytes after its chunk, bytes; 0 = off
 //! hosts_dir = "/etc/containerd/certs.d"  # containerd hosts.toml (mirrors, CAs); "" = none
 //! metrics_address = ""                   # Prometheus GET /metrics, e.g. "127.0.0.1:9464"; "" = off
@@ -33,7 +33,7 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/lazysnap/config.toml";
 pub const DEFAULT_ROOT: &str = "/var/lib/lazysnap";
 /// Default fetch window of a read that misses, bytes (see
 /// [`Config::fetch_window`]).
-pub const DEFAULT_FETCH_WINDOW: u64 = 512 << 10;
+pub const DEFAULT_FETCH_WINDOW: u64 = 1 << 20;
 /// Default socket path of the daemon.
 pub const DEFAULT_ADDRESS: &str = "/run/lazysnap/lazysnap.sock";
 

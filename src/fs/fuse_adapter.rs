@@ -65,6 +65,21 @@ impl FuseAdapter {
             crate::metrics::fuse_op(op, start.elapsed(), !failed());
         }));
     }
+
+    /// Runs `f` right here, on the session's reader thread, for the
+    /// operations that never wait on the network or copy data: lookups,
+    /// attributes, listings, xattrs, links, statfs, access and release
+    /// (they read the TOC index and the local upper only). Handing each of
+    /// them to the blocking pool cost a thread wake-up and a switch per
+    /// request, which a start that makes hundreds of them pays in full;
+    /// the session has several reader threads, so one slow local call does
+    /// not stop the others. Recorded as [`Self::run`] records.
+    fn run_inline<F: FnOnce(&UnionFs)>(&self, op: &'static str, f: F) {
+        let start = Instant::now();
+        begin_op();
+        f(&self.fs);
+        crate::metrics::fuse_op(op, start.elapsed(), !failed());
+    }
 }
 
 impl Filesystem for FuseAdapter {
@@ -98,7 +113,7 @@ impl Filesystem for FuseAdapter {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name.to_owned();
-        self.run("lookup", move |fs| match fs.lookup(parent.0, &name) {
+        self.run_inline("lookup", move |fs| match fs.lookup(parent.0, &name) {
             // A negative entry (node id 0) the kernel may cache: names appear
             // only through this filesystem, and the kernel drops the negative
             // dentry when it creates one.
@@ -112,7 +127,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.run("getattr", move |fs| {
+        self.run_inline("getattr", move |fs| {
             match fs.getattr(ino.0, fh.map(|f| f.0)) {
                 Ok(a) => reply.attr(&TTL, &file_attr(&a)),
                 Err(e) => reply.error(fail("getattr", &e)),
@@ -154,7 +169,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        self.run("readlink", move |fs| match fs.readlink(ino.0) {
+        self.run_inline("readlink", move |fs| match fs.readlink(ino.0) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(fail("readlink", &e)),
         });
@@ -323,7 +338,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let modes = Arc::clone(&self.modes);
-        self.run("release", move |fs| {
+        self.run_inline("release", move |fs| {
             fs.release(fh.0);
             modes.release(fh.0);
             reply.ok();
@@ -344,7 +359,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        self.run("opendir", move |fs| match fs.opendir(ino.0) {
+        self.run_inline("opendir", move |fs| match fs.opendir(ino.0) {
             // The kernel may keep listings across opens (FOPEN_CACHE_DIR):
             // directories change only through this filesystem, and each
             // change through it resets the cache of that directory.
@@ -364,7 +379,7 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        self.run("readdir", move |fs| match fs.readdir(fh.0) {
+        self.run_inline("readdir", move |fs| match fs.readdir(fh.0) {
             Ok(snap) => {
                 let start = usize::try_from(offset).unwrap_or(usize::MAX);
                 for (i, e) in snap.iter().enumerate().skip(start) {
@@ -386,7 +401,7 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        self.run("readdirplus", move |fs| {
+        self.run_inline("readdirplus", move |fs| {
             let snap = match fs.readdir(fh.0) {
                 Ok(s) => s,
                 Err(e) => return reply.error(fail("readdirplus", &e)),
@@ -461,7 +476,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        self.run("statfs", move |fs| match fs.statfs() {
+        self.run_inline("statfs", move |fs| match fs.statfs() {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
             ),
@@ -487,13 +502,13 @@ impl Filesystem for FuseAdapter {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let name = name.to_owned();
-        self.run("getxattr", move |fs| {
+        self.run_inline("getxattr", move |fs| {
             reply_xattr("getxattr", fs.getxattr(ino.0, &name), size, reply)
         });
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        self.run("listxattr", move |fs| {
+        self.run_inline("listxattr", move |fs| {
             reply_xattr("listxattr", fs.listxattr(ino.0), size, reply)
         });
     }
@@ -506,7 +521,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        self.run("access", move |fs| {
+        self.run_inline("access", move |fs| {
             reply_empty("access", fs.access(ino.0, mask.bits()), reply)
         });
     }
@@ -555,7 +570,7 @@ impl Filesystem for FuseAdapter {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        self.run("lseek", move |fs| match fs.lseek(fh.0, offset, whence) {
+        self.run_inline("lseek", move |fs| match fs.lseek(fh.0, offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(fail("lseek", &e)),
         });

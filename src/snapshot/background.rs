@@ -68,6 +68,18 @@ fn items(layer: &ResolvedLayer) -> Vec<Item> {
     out
 }
 
+/// The verifiable chunks of `layer` (see [`items`]) split into those before
+/// the landmark (the prefetch) and the rest.
+fn split(layer: &ResolvedLayer) -> (Vec<Item>, Vec<Item>) {
+    let all = items(layer);
+    match landmark(layer) {
+        Some(mark) => all
+            .into_iter()
+            .partition(|i| layer.toc.entries[i.entry].chunks[i.chunk].end <= mark),
+        None => (Vec::new(), all),
+    }
+}
+
 /// Blob offset of `.prefetch.landmark`, when the layer has one.
 fn landmark(layer: &ResolvedLayer) -> Option<u64> {
     layer
@@ -77,6 +89,24 @@ fn landmark(layer: &ResolvedLayer) -> Option<u64> {
         .find(|e| e.name == ".prefetch.landmark" && e.kind == EntryKind::Reg)
         .and_then(|e| e.chunks.first())
         .map(|c| c.offset)
+}
+
+/// Layers whose landmark prefetch an in-order prefetch of their image
+/// (`RemoteContext::prefetch_in_order`) has taken over, so that their own
+/// Prepare does not start it beside the layers below. `mark`: `Some(true)`
+/// adds `layer`, `Some(false)` removes it, `None` only asks; returns whether
+/// it is (was) in the set.
+pub(super) fn ordered(layer: &Digest, mark: Option<bool>) -> bool {
+    static SET: OnceLock<Mutex<std::collections::HashSet<Digest>>> = OnceLock::new();
+    let mut set = SET
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    match mark {
+        Some(true) => !set.insert(layer.clone()),
+        Some(false) => set.remove(layer),
+        None => set.contains(layer),
+    }
 }
 
 /// Background passes running, per layer digest (several snapshots of one
@@ -143,39 +173,53 @@ impl RemoteContext {
         Ok(())
     }
 
+    /// The landmark prefetch of `layer` alone (see the module docs);
+    /// chunks cached are skipped, chunks in flight elsewhere waited for
+    /// (and fetched here if that fetch fails).
+    pub async fn prefetch(&self, layer: &ResolvedLayer) {
+        let (prefetch, _) = split(layer);
+        if prefetch.is_empty() {
+            return;
+        }
+        let _demand = super::stream::Demand::begin();
+        let counters = crate::metrics::layer(layer.digest.as_str());
+        let fetch = counters.fetch(FetchSource::Prefetch);
+        match self.background_batch(layer, &prefetch, fetch).await {
+            Ok(()) => {
+                info!(layer = %layer.digest, chunks = prefetch.len(), "prefetched the landmark region")
+            }
+            Err(e) => debug!(layer = %layer.digest, error = %e, "prefetch failed"),
+        }
+    }
+
+    async fn fetch_prefetch(&self, layer: &ResolvedLayer, prefetch: &[Item]) {
+        if prefetch.is_empty() || ordered(&layer.digest, None) {
+            return;
+        }
+        let _demand = super::stream::Demand::begin();
+        let counters = crate::metrics::layer(layer.digest.as_str());
+        let fetch = counters.fetch(FetchSource::Prefetch);
+        let r = self.fetch_batch(&layer.reference, &layer.digest, &layer.toc, prefetch, fetch);
+        match r.await {
+            Ok(()) => {
+                info!(layer = %layer.digest, chunks = prefetch.len(), "prefetched the landmark region")
+            }
+            Err(e) => debug!(layer = %layer.digest, error = %e, "prefetch failed"),
+        }
+    }
+
     /// Prefetches the landmark region, then (when `rate` is `Some`, bytes per
     /// second) fetches the rest of the layer in the background.
     pub async fn background(self: Arc<Self>, layer: ResolvedLayer, rate: Option<u64>) {
-        let all = items(&layer);
         let chunk_of = |i: &Item| layer.toc.entries[i.entry].chunks[i.chunk].clone();
         let span = |i: &Item| {
             let c = &layer.toc.entries[i.entry].chunks[i.chunk];
             c.end - c.offset
         };
-        let total_bytes: u64 = all.iter().map(span).sum();
-        let (prefetch, rest): (Vec<Item>, Vec<Item>) = match landmark(&layer) {
-            Some(mark) => all.into_iter().partition(|i| chunk_of(i).end <= mark),
-            None => (Vec::new(), all),
-        };
+        let (prefetch, rest) = split(&layer);
+        let total_bytes: u64 = prefetch.iter().chain(&rest).map(span).sum();
+        self.fetch_prefetch(&layer, &prefetch).await;
         let counters = crate::metrics::layer(layer.digest.as_str());
-        if !prefetch.is_empty() {
-            let fetch = counters.fetch(FetchSource::Prefetch);
-            match self
-                .fetch_batch(
-                    &layer.reference,
-                    &layer.digest,
-                    &layer.toc,
-                    &prefetch,
-                    fetch,
-                )
-                .await
-            {
-                Ok(()) => {
-                    info!(layer = %layer.digest, chunks = prefetch.len(), "prefetched the landmark region")
-                }
-                Err(e) => debug!(layer = %layer.digest, error = %e, "prefetch failed"),
-            }
-        }
         let Some(rate) = rate else { return };
         let (_running, fresh) = Running::enter(&layer.digest);
         let progress = crate::metrics::global().background_progress(layer.digest.as_str());

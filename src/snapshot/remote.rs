@@ -191,7 +191,8 @@ impl RemoteContext {
     /// The layer named by `labels`, resolved once however many ask; and, on
     /// the first layer of an image, every other labelled layer resolved ahead
     /// in the background (containerd 1.6 prepares layers one at a time, so
-    /// their TOCs are fetched concurrently instead of one after the other).
+    /// their TOCs are fetched concurrently instead of one after the other),
+    /// each followed at once by its landmark prefetch.
     ///
     /// # Errors
     /// As [`RemoteContext::resolve_layer`]; a failure is not remembered.
@@ -199,6 +200,7 @@ impl RemoteContext {
         self: &Arc<Self>,
         labels: &RemoteLabels,
     ) -> Result<ResolvedLayer, RemoteError> {
+        let mut started = false;
         for d in &labels.layers {
             if *d == labels.layer_digest {
                 continue;
@@ -222,10 +224,14 @@ impl RemoteContext {
                         debug!(layer = %other.layer_digest, error = %e, "resolve ahead failed; its Prepare retries");
                     }
                 });
+                started = true;
             }
         }
         let key = (labels.reference.clone(), labels.layer_digest.clone());
         let cell = self.cell(&key);
+        if started {
+            self.prefetch_in_order(labels);
+        }
         let out = cell
             .get_or_try_init(|| self.resolve_layer(labels))
             .await
@@ -235,6 +241,37 @@ impl RemoteContext {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&key);
         out
+    }
+
+    /// The landmark prefetch of every layer of `labels`' image, one layer
+    /// after the other from the bottom, each as soon as it is resolved: a
+    /// start reads the bottom layers first (the loader, libc), and layers
+    /// fetched side by side would share the link and all arrive late. A
+    /// layer's chunks that another fetch has under way are waited for
+    /// before the next layer starts.
+    fn prefetch_in_order(self: &Arc<Self>, labels: &RemoteLabels) {
+        let layers: Vec<(RemoteLabels, Arc<OnceCell<ResolvedLayer>>)> = labels
+            .layers
+            .iter()
+            .map(|d| {
+                let mut l = labels.clone();
+                l.layer_digest = d.clone();
+                let cell = self.cell(&(labels.reference.clone(), d.clone()));
+                (l, cell)
+            })
+            .collect();
+        for (l, _) in &layers {
+            super::background::ordered(&l.layer_digest, Some(true));
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            for (l, cell) in layers {
+                if let Ok(layer) = cell.get_or_try_init(|| me.resolve_layer(&l)).await {
+                    me.prefetch(layer).await;
+                }
+                super::background::ordered(&l.layer_digest, Some(false));
+            }
+        });
     }
 
     fn cell(&self, key: &AheadKey) -> Arc<OnceCell<ResolvedLayer>> {

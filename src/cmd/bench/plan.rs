@@ -163,7 +163,7 @@ impl Contender {
     pub fn describe(self) -> &'static str {
         match self {
             Contender::Overlay => "overlayfs, full pull (gzip)",
-            Contender::Warm => "warm start (overlayfs, image local)",
+            Contender::Warm => "warm start (overlayfs, image local, page cache dropped)",
             Contender::Lazy(Variant::EsgzOpt) => "lazysnap lazy (eStargz, optimized)",
             Contender::Lazy(_) => "lazysnap lazy (eStargz)",
             Contender::Cached(Variant::EsgzOpt) => {

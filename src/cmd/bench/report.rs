@@ -4,7 +4,9 @@
 //! The physical limit of a start on a link is
 //! `warm start + bytes the start touches ÷ link rate + 2 × RTT`, with
 //! - warm start: the median time to first output of the `warm` contender (overlayfs,
-//!   image local, page cache hot) on that link;
+//!   image local, page cache dropped as before every contender's run, so that the
+//!   floor pays the same cold reads of runc, the shim and the image's files as a
+//!   cold start does) on that link;
 //! - bytes the start touches: the smallest median, over the lazysnap lazy contenders,
 //!   of the bytes the registry served until the first output line. It is what a lazy
 //!   start really fetched (compressed chunks), plus the manifest, config, TOC and HTTP

@@ -146,6 +146,9 @@ impl Runner {
                     self.start(env, shaper, image, Contender::Overlay, r, Instant::now())
                         .await?;
                 }
+                // Same page-cache state as every cold contender: runc, the shim
+                // and the image's files are read from disk by them too.
+                env.drop_caches()?;
                 Ok(false)
             }
             Contender::Overlay => {
