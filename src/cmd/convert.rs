@@ -12,7 +12,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use lazysnap::convert::{self, ConvertOptions};
-use lazysnap::format::writer::{DEFAULT_CHUNK_SIZE, LayerFormat, WriterOptions};
+use lazysnap::format::writer::{
+    DEFAULT_CHUNK_SIZE, DEFAULT_PREFETCH_FILE_LIMIT, LayerFormat, WriterOptions,
+};
 use lazysnap::image::{Dest, Location, Source};
 use lazysnap::registry::Platform;
 
@@ -43,6 +45,10 @@ pub struct ConvertArgs {
     /// With --optimize: extra environment (`KEY=VALUE`) for the recording run.
     #[arg(long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
+    /// With --optimize: files read at start but larger than this (bytes) are not put in the
+    /// prefetch region (it holds whole files); their reads fetch what they need.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_PREFETCH_FILE_LIMIT)]
+    prefetch_file_limit: u64,
     /// Use this access list (one path a line) instead of recording one.
     #[arg(long, value_name = "FILE")]
     record_in: Option<PathBuf>,
@@ -130,6 +136,7 @@ pub async fn run(a: ConvertArgs) -> anyhow::Result<()> {
             format: a.format,
             chunk_size: a.chunk_size,
             prioritized,
+            prefetch_file_limit: a.prefetch_file_limit,
             ..WriterOptions::new(a.format)
         },
         platform,

@@ -430,8 +430,16 @@ impl Ctx {
         })?;
         drop(blob);
         let w = &converted.written;
+        let big = match w.prioritized_too_large.as_slice() {
+            [] => String::new(),
+            files => format!(
+                "; left out of the prefetch as larger than {} bytes: {}",
+                self.opts.writer.prefetch_file_limit,
+                files.join(", ")
+            ),
+        };
         task.finish(&format!(
-            "{} entries, {} → {} bytes",
+            "{} entries, {} → {} bytes{big}",
             w.entries, size, w.size
         ));
         let task = self

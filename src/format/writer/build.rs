@@ -115,6 +115,8 @@ pub(super) struct Builder<W: Write> {
     pub missing: Vec<String>,
     /// Prioritized paths that could not be moved.
     pub unmovable: Vec<String>,
+    /// Prioritized regular files too large to move.
+    pub too_large: Vec<String>,
 }
 
 impl<W: Write> Builder<W> {
@@ -167,6 +169,7 @@ impl<W: Write> Builder<W> {
             buf: vec![0; 256 << 10],
             missing: Vec::new(),
             unmovable: Vec::new(),
+            too_large: Vec::new(),
         })
     }
 
@@ -306,6 +309,7 @@ impl<W: Write> Builder<W> {
             landmark: self.landmark,
             prioritized_missing: self.missing,
             prioritized_unmovable: self.unmovable,
+            prioritized_too_large: self.too_large,
         })
     }
 }

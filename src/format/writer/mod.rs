@@ -154,6 +154,10 @@ pub struct WriterOptions {
     /// first). `Some(list)`: clean root-relative paths in access order; the
     /// entries for them go first (eStargz: then `.prefetch.landmark`).
     pub prioritized: Option<Vec<String>>,
+    /// Prioritized regular files larger than this (bytes) stay in place:
+    /// a start that reads part of a big file should not prefetch all of it
+    /// (the prefetch region is whole files); its reads fetch what they need.
+    pub prefetch_file_limit: u64,
     /// Compression level (gzip 0–9, zstd 1–22).
     pub level: i32,
     /// Threads compressing members in parallel: 0 for one per CPU, 1 for
@@ -170,6 +174,7 @@ impl WriterOptions {
             format,
             chunk_size: DEFAULT_CHUNK_SIZE,
             prioritized: None,
+            prefetch_file_limit: DEFAULT_PREFETCH_FILE_LIMIT,
             level: format.default_level(),
             threads: 0,
         }
@@ -182,6 +187,9 @@ impl Default for WriterOptions {
         WriterOptions::new(LayerFormat::Estargz)
     }
 }
+
+/// Default [`WriterOptions::prefetch_file_limit`]: 64 MiB.
+pub const DEFAULT_PREFETCH_FILE_LIMIT: u64 = 64 << 20;
 
 /// Which landmark file a written layer holds (FORMATS.md §1.5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,6 +234,9 @@ pub struct LayerWritten {
     /// what sequential extraction produces (e.g. a later non-directory
     /// entry replacing a directory whose children come earlier).
     pub prioritized_unmovable: Vec<String>,
+    /// Prioritized regular files left in place because they are larger than
+    /// [`WriterOptions::prefetch_file_limit`].
+    pub prioritized_too_large: Vec<String>,
 }
 
 /// Writes the layer tar read from `tar` as `opts.format` into `out`.
@@ -255,7 +266,9 @@ pub fn write_layer<R: Read, W: Write>(
 ) -> Result<LayerWritten, FormatError> {
     let builder = build::Builder::new(out, opts, spool_dir)?;
     match &opts.prioritized {
-        Some(list) if !list.is_empty() => reorder::write(tar, builder, list, spool_dir),
+        Some(list) if !list.is_empty() => {
+            reorder::write(tar, builder, list, opts.prefetch_file_limit, spool_dir)
+        }
         _ => stream::write(tar, builder),
     }
 }

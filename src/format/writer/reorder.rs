@@ -48,6 +48,8 @@ pub(super) struct Item {
     pub link: Vec<u8>,
     /// Not written ([`entry::Parsed::dropped`]).
     pub dropped: bool,
+    /// Payload size in bytes.
+    pub size: u64,
 }
 
 /// The entries of a layer and lookups by name.
@@ -141,11 +143,13 @@ impl Index {
         false
     }
 
-    /// The prioritized order: indices to write first, and the paths that
-    /// were missing or unmovable.
-    pub fn plan(&self, list: &[String]) -> (Vec<u32>, Vec<bool>, Vec<String>, Vec<String>) {
+    /// The prioritized order: indices to write first, whether each entry
+    /// moved, and the paths that were missing, unmovable, or regular files
+    /// larger than `limit` bytes (left in place).
+    pub fn plan(&self, list: &[String], limit: u64) -> Plan {
         let mut moved = vec![false; self.items.len()];
         let (mut order, mut missing, mut unmovable) = (Vec::new(), Vec::new(), Vec::new());
+        let mut too_large = Vec::new();
         for path in list {
             let name = match entry::clean(path.as_bytes()) {
                 Ok((n, _)) if self.by_name.contains_key(&n) => n,
@@ -154,6 +158,14 @@ impl Index {
                     continue;
                 }
             };
+            let big = self.by_name[&name].iter().any(|&i| {
+                let it = &self.items[i as usize];
+                it.kind == Kind::Reg && it.size > limit
+            });
+            if big {
+                too_large.push(path.clone());
+                continue;
+            }
             let set = self.group(&name, &moved);
             if set.is_empty() {
                 continue; // moved with an earlier path
@@ -167,8 +179,28 @@ impl Index {
                 order.push(i);
             }
         }
-        (order, moved, missing, unmovable)
+        Plan {
+            order,
+            moved,
+            missing,
+            unmovable,
+            too_large,
+        }
     }
+}
+
+/// What [`Index::plan`] decided.
+pub(super) struct Plan {
+    /// Entry indices to write first, in order.
+    pub order: Vec<u32>,
+    /// Per entry: written first.
+    pub moved: Vec<bool>,
+    /// Listed paths with no entry.
+    pub missing: Vec<String>,
+    /// Listed paths that can't move (module docs).
+    pub unmovable: Vec<String>,
+    /// Listed regular files above the size limit.
+    pub too_large: Vec<String>,
 }
 
 /// Reads a file from an offset (a [`TarReader`] gets one per entry).
@@ -218,6 +250,7 @@ fn index(spool: &File, estargz: bool) -> Result<Index, FormatError> {
             kind: p.kind,
             link: p.link_clean,
             dropped,
+            size: e.size,
         });
         start = e.next_start();
     }
@@ -256,6 +289,7 @@ pub(super) fn write<R: Read, W: std::io::Write>(
     mut input: R,
     mut b: Builder<W>,
     list: &[String],
+    limit: u64,
     spool_dir: &Path,
 ) -> Result<LayerWritten, FormatError> {
     let mut spool = tempfile::tempfile_in(spool_dir).map_err(io_err(format!(
@@ -267,9 +301,16 @@ pub(super) fn write<R: Read, W: std::io::Write>(
         .map_err(io_err("spool the layer tar"))?;
     let estargz = b.format.is_estargz();
     let idx = index(&spool, estargz)?;
-    let (order, moved, missing, unmovable) = idx.plan(list);
+    let Plan {
+        order,
+        moved,
+        missing,
+        unmovable,
+        too_large,
+    } = idx.plan(list, limit);
     b.missing = missing;
     b.unmovable = unmovable;
+    b.too_large = too_large;
     for &i in &order {
         emit(&spool, &idx.items[i as usize], &mut b)?;
     }
@@ -300,15 +341,37 @@ mod tests {
                 kind: *kind,
                 link: link.as_bytes().to_vec(),
                 dropped: false,
+                size: name.len() as u64 * 100,
             });
         }
         ix
     }
 
+    #[test]
+    fn files_above_the_limit_stay_in_place() {
+        use Kind::*;
+        // Sizes are 100 × the name's length: "big/blob" is 800 bytes, "a" 100.
+        let ix = idx(&[
+            ("", Dir, ""),
+            ("big", Dir, ""),
+            ("big/blob", Reg, ""),
+            ("a", Reg, ""),
+        ]);
+        let list = ["big/blob".to_string(), "a".to_string()];
+        let p = ix.plan(&list, 799);
+        assert_eq!(p.too_large, ["big/blob"]);
+        assert_eq!(p.order, [0, 3]);
+        assert!(p.missing.is_empty() && p.unmovable.is_empty());
+        // At the limit exactly it moves.
+        let p = ix.plan(&list, 800);
+        assert!(p.too_large.is_empty());
+        assert_eq!(p.order, [0, 1, 2, 3]);
+    }
+
     fn plan(ix: &Index, list: &[&str]) -> (Vec<u32>, Vec<String>, Vec<String>) {
         let list: Vec<String> = list.iter().map(|s| s.to_string()).collect();
-        let (order, _, missing, unmovable) = ix.plan(&list);
-        (order, missing, unmovable)
+        let p = ix.plan(&list, u64::MAX);
+        (p.order, p.missing, p.unmovable)
     }
 
     #[test]
