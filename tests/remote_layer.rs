@@ -16,13 +16,21 @@ use lazysnap::service::{LazyOptions, remote_context};
 use lazysnap::snapshot::{RemoteContext, RemoteError};
 
 fn ctx(dir: &std::path::Path, rt: &tokio::runtime::Runtime) -> Arc<RemoteContext> {
+    ctx_window(dir, rt, 0)
+}
+
+fn ctx_window(
+    dir: &std::path::Path,
+    rt: &tokio::runtime::Runtime,
+    fetch_window: u64,
+) -> Arc<RemoteContext> {
     let opts = LazyOptions {
         cache_budget: 1 << 30,
         cache_memory: 1 << 20,
         insecure_registries: Vec::new(),
         platform: String::new(),
         background_rate: None,
-        fetch_window: 0,
+        fetch_window,
         hosts_dir: None,
     };
     Arc::new(remote_context(dir, &opts, rt.handle().clone()).unwrap())
@@ -93,6 +101,84 @@ fn estargz_layer_resolves_reads_and_fetches_in_the_background() {
     );
     let after = c.cache.stats();
     assert!(after.fetches > 0);
+}
+
+/// A read that misses brings the chunks after its own, up to the fetch
+/// window, in the same range request: its neighbours are then cached (and
+/// verified) without a request of their own.
+#[test]
+fn a_read_that_misses_fetches_its_window_in_one_request() {
+    common::push_images();
+    common::push_estargz_images();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = common::FaultProxy::start("log", &[]);
+    let reference = proxy.reference("test/python:esgz");
+    let window = 256 << 10;
+    let c = ctx_window(dir.path(), &rt, window);
+    let l = labels_for(&rt, &c, &reference, 1);
+    let layer = rt.block_on(c.resolve_layer(&l)).unwrap();
+    // Regular files' first chunks in blob order; start at the first one.
+    // (entry, chunk, offset, end, digest) of every chunk, in blob order.
+    type Span = (usize, usize, u64, u64, lazysnap::oci::Digest);
+    let mut chunks: Vec<Span> = layer
+        .toc
+        .entries
+        .iter()
+        .enumerate()
+        .flat_map(|(i, e)| e.chunks.iter().enumerate().map(move |(k, ch)| (i, k, ch)))
+        .filter_map(|(i, k, ch)| Some((i, k, ch.offset, ch.end, ch.digest.clone()?)))
+        .collect();
+    chunks.sort_by_key(|c| c.2);
+    let (first, first_chunk, start, first_end, first_key) = chunks[0].clone();
+    let window_end = first_end + window;
+    let inside: Vec<_> = chunks[1..]
+        .iter()
+        .take_while(|c| c.3 <= window_end)
+        .cloned()
+        .collect();
+    assert!(
+        inside.len() >= 2,
+        "want neighbours inside the window, got {inside:?}"
+    );
+    let last_end = inside.last().unwrap().3;
+    let outside = chunks[1 + inside.len()].clone();
+
+    let (reader, _) = c.reader(&layer);
+    let before = proxy.requests().len();
+    let bytes = reader.read_chunk(first, first_chunk).unwrap();
+    assert_eq!(lazysnap::oci::Digest::sha256_of(&bytes), first_key);
+    // The window streams on after the read returned: wait for its end.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !inside.iter().all(|n| c.cache.contains(&n.4)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "window chunks not cached within 30 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let ranges: Vec<Option<String>> = proxy.requests()[before..]
+        .iter()
+        .map(|r| r.range.clone())
+        .collect();
+    assert_eq!(
+        ranges,
+        [Some(format!("bytes={start}-{}", last_end - 1))],
+        "one range request from the missed chunk to the window's last chunk"
+    );
+    // Its neighbours are read without a request; the chunk after the window
+    // is not cached.
+    for n in &inside {
+        let b = reader.read_chunk(n.0, n.1).unwrap();
+        assert_eq!(lazysnap::oci::Digest::sha256_of(&b), n.4);
+    }
+    assert_eq!(proxy.requests().len(), before + 1);
+    if !inside.iter().any(|n| n.4 == outside.4) && outside.4 != first_key {
+        assert!(
+            !c.cache.contains(&outside.4),
+            "the window stops at its size"
+        );
+    }
 }
 
 #[test]

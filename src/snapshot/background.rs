@@ -32,20 +32,13 @@ use std::time::Duration;
 use tracing::{debug, info};
 
 use super::remote::{ChunkFetchError, RemoteContext, ResolvedLayer};
+use super::window::Item;
 use crate::format::EntryKind;
 use crate::metrics::{FetchSource, LayerFetch};
 use crate::oci::Digest;
 
 /// Largest compressed span fetched by one background request.
 pub const BATCH_BYTES: u64 = 4 << 20;
-
-/// One chunk to fetch: its digest, its span, and where to find it in the TOC.
-#[derive(Debug, Clone)]
-pub(super) struct Item {
-    pub(super) key: Digest,
-    pub(super) entry: usize,
-    pub(super) chunk: usize,
-}
 
 /// The verifiable chunks of `layer` in blob order, one per digest.
 fn items(layer: &ResolvedLayer) -> Vec<Item> {

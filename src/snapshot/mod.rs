@@ -17,6 +17,7 @@ mod snapshotter;
 pub mod store;
 mod stream;
 mod usage;
+pub mod window;
 
 pub use error::SnapshotError;
 pub use mounter::{FuseMounter, LayerMounter};

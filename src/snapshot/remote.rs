@@ -436,9 +436,9 @@ impl RemoteBlob {
         }
         let order = self
             .order
-            .get_or_init(|| super::stream::blob_order(&self.toc));
+            .get_or_init(|| super::window::blob_order(&self.toc));
         let items =
-            super::stream::window_items(&self.toc, order, entry, chunk, self.ctx.fetch_window);
+            super::window::window_items(&self.toc, order, entry, chunk, self.ctx.fetch_window);
         let keys: Vec<Digest> = items.iter().map(|i| i.key.clone()).collect();
         let batch = self.ctx.cache.lead(&keys);
         if !batch.leads(key) {
@@ -484,7 +484,7 @@ impl ChunkReader for RemoteBlob {
     /// arrives; the reads that follow join that fetch instead of making
     /// their own (one flight per chunk).
     fn prefetch(&self, chunks: &[(usize, usize)]) {
-        let mut items: Vec<super::background::Item> = chunks
+        let mut items: Vec<super::window::Item> = chunks
             .iter()
             .filter_map(|&(entry, chunk)| {
                 let key = self
@@ -495,7 +495,7 @@ impl ChunkReader for RemoteBlob {
                     .get(chunk)?
                     .digest
                     .clone()?;
-                (!self.ctx.cache.contains(&key)).then_some(super::background::Item {
+                (!self.ctx.cache.contains(&key)).then_some(super::window::Item {
                     key,
                     entry,
                     chunk,
