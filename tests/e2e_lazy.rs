@@ -20,8 +20,8 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use common::{
-    FaultProxy, ImageInfo, ProxyRequest, Test, get, image_info, image_ref, is_lazysnap, kv,
-    push_estargz_images, snapshotter,
+    FaultProxy, ImageInfo, LayerInfo, ProxyRequest, Test, get, image_info, image_ref, is_lazysnap,
+    kv, push_estargz_images, snapshotter,
 };
 
 const PY_GZIP: &str = "test/python:latest";
@@ -842,4 +842,80 @@ fn optimized_image_prefetches_its_landmark_region() {
         "whole-blob GETs:\n{}",
         summarize(&gets)
     );
+}
+
+/// `Control.PrepareImage` (what `lazysnap pull` sends as soon as it has the
+/// manifest): the daemon resolves every layer's TOC and prefetches the
+/// landmark regions before any Prepare comes; the pull that follows reuses
+/// that work (each layer's TOC is fetched once) and the container runs.
+#[test]
+fn prepare_image_resolves_and_prefetches_before_the_prepares() {
+    assert!(is_lazysnap(), "lazy pulling is lazysnap's");
+    let name = "test/python:esgz-opt";
+    let info = esgz_info(name);
+    let t = Test::new("lazy-prepare-image");
+    let proxy = FaultProxy::start("", &[]);
+    let r = proxy.reference(name);
+    fresh(&t, &r);
+    let log_from = common::lazysnap_log_len();
+    let layers: Vec<String> = info.layers.iter().map(|l| l.digest.clone()).collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let address = common::env().lazysnap_address.clone();
+    let started = rt
+        .block_on(lazysnap::service::control_client::prepare_image(
+            &address, &r, "", &layers,
+        ))
+        .expect("PrepareImage");
+    assert_eq!(started as usize, layers.len(), "every layer is started");
+    // The landmark prefetch of the layers that have one, without a Prepare.
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    let prefetched = loop {
+        let log = common::lazysnap_log_since(log_from);
+        let done: Vec<&LayerInfo> = info
+            .layers
+            .iter()
+            .filter(|l| {
+                log.lines().any(|x| {
+                    x.contains("prefetched the landmark region") && x.contains(l.digest.as_str())
+                })
+            })
+            .collect();
+        if !done.is_empty()
+            && log.lines().filter(|x| x.contains("TOC verified")).count() >= layers.len()
+        {
+            assert!(
+                !log.contains("rpc=\"Prepare\""),
+                "a Prepare came before the test sent one:\n{log}"
+            );
+            break done.len();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no prefetch 60 s after PrepareImage; log:\n{}",
+            common::lazysnap_log_tail(40)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(prefetched >= 1);
+    // A second hint for the same image starts nothing.
+    let again = rt
+        .block_on(lazysnap::service::control_client::prepare_image(
+            &address, &r, "", &layers,
+        ))
+        .expect("PrepareImage again");
+    assert_eq!(again, 0);
+    t.rpull_ref(&r);
+    let out = t.run_output_with(&snapshotter(), &r, &["python3", "/app/main.py"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), MAIN_PY_OUT);
+    // Each layer's tail (footer and TOC) was read once: the Prepares took
+    // the layers the hint resolved.
+    let reqs = proxy.requests();
+    for l in &info.layers {
+        let tails = reqs
+            .iter()
+            .filter(|q| q.method == "GET" && q.blob() == Some(l.digest.as_str()))
+            .filter(|q| q.range_end() == Some(l.size - 1))
+            .count();
+        assert_eq!(tails, 1, "layer {}: {tails} tail reads", l.digest);
+    }
 }

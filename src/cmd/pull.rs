@@ -3,8 +3,9 @@
 
 use anyhow::Context;
 use clap::Args;
-use lazysnap::ctrd::{self, Ctrd, LayerOutcome, PullOptions};
+use lazysnap::ctrd::{self, Ctrd, LayerOutcome, PullOptions, ResolvedImage};
 use lazysnap::registry::{Platform, Reference};
+use lazysnap::service::control_client;
 
 use super::{ClientFlags, RegistryFlags, human_bytes};
 
@@ -44,7 +45,20 @@ pub async fn run(a: PullArgs) -> anyhow::Result<()> {
         platform,
     };
     println!("{}: resolving", opts.reference);
-    let pulled = ctrd::pull(&ctrd, &registry, &opts, &mut |p| {
+    // As soon as the manifest is known, the daemon may start on the layers:
+    // their TOCs and prefetch then overlap the config fetch and containerd's
+    // calls. Only a hint: a daemon that is not there or not lazy is skipped.
+    let daemon = (opts.snapshotter == "lazysnap").then(|| c.daemon_address());
+    let mut hinted = None;
+    let mut on_resolved = |img: ResolvedImage<'_>| {
+        let Some(daemon) = daemon.clone() else { return };
+        let (name, manifest) = (img.name.to_string(), img.manifest.to_string());
+        let layers: Vec<String> = img.layers.iter().map(|d| d.to_string()).collect();
+        hinted = Some(tokio::spawn(async move {
+            control_client::prepare_image(&daemon, &name, &manifest, &layers).await
+        }));
+    };
+    let pulled = ctrd::pull_with(&ctrd, &registry, &opts, &mut on_resolved, &mut |p| {
         let what = match p.outcome {
             LayerOutcome::Present => "present".to_string(),
             LayerOutcome::Lazy => "lazy".to_string(),
@@ -57,6 +71,12 @@ pub async fn run(a: PullArgs) -> anyhow::Result<()> {
     })
     .await
     .with_context(|| format!("pulling {}", opts.reference))?;
+    if let Some(Ok(Err(e))) = match hinted {
+        Some(h) => Some(h.await),
+        None => None,
+    } {
+        tracing::debug!(error = %e, "PrepareImage hint not taken");
+    }
     println!(
         "{}: {} (top snapshot {}), done in {:.2}s",
         pulled.name,

@@ -29,7 +29,7 @@ use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::transport::Channel;
 
 pub use error::CtrdError;
-pub use pull::{LayerOutcome, LayerProgress, PullOptions, Pulled, pull};
+pub use pull::{LayerOutcome, LayerProgress, PullOptions, Pulled, ResolvedImage, pull, pull_with};
 
 /// gRPC metadata key of the namespace (containerd `namespaces/grpc.go`).
 pub const NAMESPACE_HEADER: &str = "containerd-namespace";

@@ -129,6 +129,34 @@ pub async fn pull(
     opts: &PullOptions,
     progress: &mut dyn FnMut(LayerProgress<'_>),
 ) -> Result<Pulled, CtrdError> {
+    pull_with(ctrd, registry, opts, &mut |_| {}, progress).await
+}
+
+/// The image a pull resolved, before anything else is fetched: what
+/// [`pull_with`] hands its `resolved` callback.
+#[derive(Debug, Clone, Copy)]
+pub struct ResolvedImage<'a> {
+    /// The reference, full form, as the layers' Prepare labels carry it.
+    pub name: &'a str,
+    /// The platform manifest's digest.
+    pub manifest: &'a Digest,
+    /// Its layer descriptors' digests, bottom layer first.
+    pub layers: &'a [Digest],
+}
+
+/// [`pull`], calling `resolved` as soon as the platform manifest is known
+/// (before the config is fetched and any layer is prepared), e.g. to let the
+/// snapshotter start resolving the layers ahead.
+///
+/// # Errors
+/// As [`pull`].
+pub async fn pull_with(
+    ctrd: &Ctrd,
+    registry: &RegistryClient,
+    opts: &PullOptions,
+    resolved: &mut dyn FnMut(ResolvedImage<'_>),
+    progress: &mut dyn FnMut(LayerProgress<'_>),
+) -> Result<Pulled, CtrdError> {
     let lease = ctrd.create_lease(LEASE_EXPIRY).await?;
     let result = Puller {
         ctrd: ctrd.with_lease(&lease)?,
@@ -136,7 +164,7 @@ pub async fn pull(
         opts,
         name: opts.reference.to_string(),
     }
-    .run(progress)
+    .run(resolved, progress)
     .await;
     if let Err(e) = ctrd.delete_lease(&lease).await {
         // It expires by itself (containerd.io/gc.expire).
@@ -171,7 +199,11 @@ impl Puller<'_> {
         distribution_source(&self.r().registry, &self.r().repository)
     }
 
-    async fn run(&self, progress: &mut dyn FnMut(LayerProgress<'_>)) -> Result<Pulled, CtrdError> {
+    async fn run(
+        &self,
+        on_resolved: &mut dyn FnMut(ResolvedImage<'_>),
+        progress: &mut dyn FnMut(LayerProgress<'_>),
+    ) -> Result<Pulled, CtrdError> {
         let r = self.r();
         let resolved = self
             .registry
@@ -179,6 +211,16 @@ impl Puller<'_> {
             .await
             .map_err(self.registry_err(format!("resolving {r}")))?;
         let manifest = &resolved.manifest;
+        let layers = manifest
+            .layers()
+            .iter()
+            .map(|l| to_digest(&self.name, l.digest()))
+            .collect::<Result<Vec<_>, _>>()?;
+        on_resolved(ResolvedImage {
+            name: &self.name,
+            manifest: &resolved.digest,
+            layers: &layers,
+        });
         let config_digest = to_digest(&self.name, manifest.config().digest())?;
         let config_bytes = self
             .registry
@@ -187,11 +229,6 @@ impl Puller<'_> {
             .map_err(self.registry_err(format!("image config {config_digest}")))?;
         let config: ImageConfig =
             serde_json::from_slice(&config_bytes).map_err(|e| self.bad(format!("config: {e}")))?;
-        let layers = manifest
-            .layers()
-            .iter()
-            .map(|l| to_digest(&self.name, l.digest()))
-            .collect::<Result<Vec<_>, _>>()?;
         let diff_ids = config.rootfs.diff_ids;
         if diff_ids.len() != layers.len() {
             return Err(self.bad(format!(

@@ -6,6 +6,8 @@
 //!   union (see `proto/lazysnap/v1/control.proto`; the CLI side is
 //!   [`super::control_client`]).
 //! - `CommitLayer`: an Active snapshot's upper written as one lazy layer.
+//! - `PrepareImage`: an image's layers resolved and prefetched ahead of its
+//!   Prepare calls (`lazysnap pull` sends it as soon as it has the manifest).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -108,6 +110,36 @@ impl pb::control_server::Control for ControlService {
                 .map(|p| p.to_string_lossy().into_owned())
                 .collect(),
             backend_key,
+        }))
+    }
+
+    async fn prepare_image(
+        &self,
+        req: Request<pb::PrepareImageRequest>,
+    ) -> Result<Response<pb::PrepareImageResponse>, Status> {
+        let r = req.into_inner();
+        let digest = |s: &str| {
+            s.parse::<crate::oci::Digest>()
+                .map_err(|e| Status::invalid_argument(e.to_string()))
+        };
+        let manifest = if r.manifest_digest.is_empty() {
+            None
+        } else {
+            Some(digest(&r.manifest_digest)?)
+        };
+        let layers = r
+            .layers
+            .iter()
+            .map(|l| digest(l))
+            .collect::<Result<Vec<_>, _>>()?;
+        tracing::debug!(
+            rpc = "PrepareImage",
+            reference = r.reference,
+            layers = layers.len()
+        );
+        let started = self.inner.prepare_image(&r.reference, manifest, layers)?;
+        Ok(Response::new(pb::PrepareImageResponse {
+            started: u32::try_from(started).unwrap_or(u32::MAX),
         }))
     }
 

@@ -13,7 +13,8 @@ use tonic::transport::Channel;
 
 use super::proto::lazysnap::v1::control_client::ControlClient;
 use super::proto::lazysnap::v1::{
-    CommitLayerRequest, CommitLayerResponse, StartRecordingRequest, StopRecordingRequest,
+    CommitLayerRequest, CommitLayerResponse, PrepareImageRequest, StartRecordingRequest,
+    StopRecordingRequest,
 };
 use super::serve::connect;
 
@@ -154,4 +155,36 @@ pub async fn commit_layer(
             status: Box::new(s),
         })?;
     Ok(r.into_inner())
+}
+
+/// Tells the daemon that image `reference` (platform manifest `manifest`,
+/// layer digests `layers` bottom first) is about to be pulled lazily, so that
+/// it resolves the layers and starts their prefetch before the Prepare calls
+/// come (the Control service's `PrepareImage`). Returns how many layers the
+/// daemon started.
+///
+/// # Errors
+/// [`ControlClientError::Connect`]; [`ControlClientError::Rpc`] with
+/// FailedPrecondition when the daemon does not pull lazily, InvalidArgument
+/// for a digest that does not parse.
+pub async fn prepare_image(
+    address: &Path,
+    reference: &str,
+    manifest: &str,
+    layers: &[String],
+) -> Result<u32, ControlClientError> {
+    let r = client(address)
+        .await?
+        .prepare_image(PrepareImageRequest {
+            reference: reference.to_string(),
+            manifest_digest: manifest.to_string(),
+            layers: layers.to_vec(),
+        })
+        .await
+        .map_err(|s| ControlClientError::Rpc {
+            rpc: "Control.PrepareImage",
+            key: reference.to_string(),
+            status: Box::new(s),
+        })?;
+    Ok(r.into_inner().started)
 }

@@ -200,9 +200,30 @@ impl RemoteContext {
         self: &Arc<Self>,
         labels: &RemoteLabels,
     ) -> Result<ResolvedLayer, RemoteError> {
-        let mut started = false;
+        let started = self.start_ahead(labels, Some(&labels.layer_digest)) > 0;
+        let key = (labels.reference.clone(), labels.layer_digest.clone());
+        let cell = self.cell(&key);
+        if started {
+            self.prefetch_in_order(labels);
+        }
+        let out = cell
+            .get_or_try_init(|| self.resolve_layer(labels))
+            .await
+            .cloned();
+        self.ahead
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
+        out
+    }
+
+    /// Starts resolving, in the background, every layer of `labels.layers`
+    /// (but `skip`) that is not resolved or being resolved yet; returns how
+    /// many it started.
+    fn start_ahead(self: &Arc<Self>, labels: &RemoteLabels, skip: Option<&Digest>) -> usize {
+        let mut started = 0;
         for d in &labels.layers {
-            if *d == labels.layer_digest {
+            if Some(d) == skip {
                 continue;
             }
             let key = (labels.reference.clone(), d.clone());
@@ -224,23 +245,23 @@ impl RemoteContext {
                         debug!(layer = %other.layer_digest, error = %e, "resolve ahead failed; its Prepare retries");
                     }
                 });
-                started = true;
+                started += 1;
             }
         }
-        let key = (labels.reference.clone(), labels.layer_digest.clone());
-        let cell = self.cell(&key);
-        if started {
+        started
+    }
+
+    /// An image about to be pulled (the Control service's `PrepareImage`):
+    /// every layer of `labels.layers` (bottom first) is resolved in the
+    /// background and prefetched in order, as the first Prepare of an image
+    /// would start it, but before containerd's calls come. Returns how many
+    /// layers this started. Must run inside the runtime.
+    pub fn resolve_image_ahead(self: &Arc<Self>, labels: &RemoteLabels) -> usize {
+        let started = self.start_ahead(labels, None);
+        if started > 0 {
             self.prefetch_in_order(labels);
         }
-        let out = cell
-            .get_or_try_init(|| self.resolve_layer(labels))
-            .await
-            .cloned();
-        self.ahead
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&key);
-        out
+        started
     }
 
     /// The landmark prefetch of every layer of `labels`' image, one layer

@@ -50,6 +50,40 @@ pub struct RemoteLower {
 const TOC_FILE: &str = "toc.json";
 
 impl Snapshotter {
+    /// An image about to be pulled lazily (Control `PrepareImage`): starts
+    /// resolving its layers (`layers`, bottom first, of the platform
+    /// manifest `manifest`) and their landmark prefetch in the background;
+    /// see [`RemoteContext::resolve_image_ahead`]. Returns how many layers it
+    /// started. Call inside the runtime.
+    ///
+    /// # Errors
+    /// [`SnapshotError::FailedPrecondition`] when lazy pulling is off.
+    pub fn prepare_image(
+        &self,
+        reference: &str,
+        manifest: Option<crate::oci::Digest>,
+        layers: Vec<crate::oci::Digest>,
+    ) -> Result<usize, SnapshotError> {
+        let Some(ctx) = &self.remote else {
+            return Err(SnapshotError::FailedPrecondition {
+                key: reference.to_string(),
+                reason: "lazy pulling is off (lazy = false)".to_string(),
+            });
+        };
+        let Some(first) = layers.first().cloned() else {
+            return Ok(0);
+        };
+        let labels = RemoteLabels {
+            target: String::new(),
+            reference: reference.to_string(),
+            layer_digest: first,
+            manifest_digest: manifest,
+            layers,
+            toc_digest: None,
+        };
+        Ok(ctx.resolve_image_ahead(&labels))
+    }
+
     /// Answers a Prepare with remote-snapshot labels: `Ok(())` to go on with a
     /// normal Prepare, `Err(AlreadyExists)` when the layer is served lazily.
     pub(super) fn try_remote(
