@@ -23,7 +23,7 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 RUNS=${1:-3}
-BIN=${LAZYSNAP_BIN:-$LAZYSNAP_REPO/target/release/lazysnap}
+BIN=${LAZYSNAP_BIN:-$LAZYSNAP_TARGET/release/lazysnap}
 BIG_MB=${BENCH_BIG_MB:-200}
 BIG_DIRS=${BENCH_BIG_DIRS:-/usr/lib/x86_64-linux-gnu /usr/share}
 [ -x "$BIN" ] || die "$BIN not found: cargo build --release (or set LAZYSNAP_BIN)"

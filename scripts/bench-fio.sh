@@ -28,7 +28,7 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 OUT=${1:-}
-BIN=${LAZYSNAP_BIN:-$LAZYSNAP_REPO/target/release/lazysnap}
+BIN=${LAZYSNAP_BIN:-$LAZYSNAP_TARGET/release/lazysnap}
 MB=${BENCH_FIO_MB:-512}
 FILES=${BENCH_FILES:-50000}
 RUNS=${BENCH_RUNS:-3}

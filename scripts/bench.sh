@@ -20,7 +20,7 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
-BIN=${LAZYSNAP_BIN:-$LAZYSNAP_REPO/target/release/lazysnap}
+BIN=${LAZYSNAP_BIN:-$LAZYSNAP_TARGET/release/lazysnap}
 SHAPER=$(dirname "$BIN")/lazysnap-shaper
 if [ ! -x "$BIN" ] || [ ! -x "$SHAPER" ]; then
   log "building lazysnap and lazysnap-shaper (release)"

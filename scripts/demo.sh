@@ -16,6 +16,11 @@
 # Everything is stopped and unmounted on exit. DEMO_ONLY_OVERLAYFS=1 runs the overlayfs half only.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
+case ${1:-} in
+  -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+  "") ;;
+  *) die "unknown argument $1 (demo.sh takes none; --help describes it)" ;;
+esac
 cd "$LAZYSNAP_REPO"
 
 only_overlay=${DEMO_ONLY_OVERLAYFS:-0}

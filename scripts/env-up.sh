@@ -13,7 +13,7 @@ set -euo pipefail
 [ $# -eq 1 ] || die "usage: env-up.sh DIR"
 mkdir -p "$1"
 DIR=$(realpath "$1")
-BIN=${LAZYSNAP_BIN:-$LAZYSNAP_REPO/target/release/lazysnap}
+BIN=${LAZYSNAP_BIN:-$LAZYSNAP_TARGET/release/lazysnap}
 
 if [ -f "$DIR/env" ]; then
   die "$DIR/env exists: an environment is (or was) running there; run env-down.sh $DIR first"

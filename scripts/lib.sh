@@ -3,6 +3,8 @@
 
 # Repository root (the directory above scripts/).
 LAZYSNAP_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# Where cargo puts its builds ($CARGO_TARGET_DIR when set, as cargo itself does).
+LAZYSNAP_TARGET=${CARGO_TARGET_DIR:-$LAZYSNAP_REPO/target}
 
 log() { printf '[%s] %s\n' "$(basename "$0")" "$*" >&2; }
 die() { log "error: $*"; exit 1; }

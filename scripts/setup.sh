@@ -51,7 +51,7 @@ fi
 
 if [ "$build" = 1 ]; then
   cd "$LAZYSNAP_REPO"
-  [ -x target/release/lazysnap ] || log "building lazysnap (release; a few minutes on a first run)"
+  [ -x "$LAZYSNAP_TARGET/release/lazysnap" ] || log "building lazysnap (release; a few minutes on a first run)"
   if ! out=$(cargo build --release --quiet 2>&1); then
     printf '%s\n' "$out" >&2
     die "cargo build --release failed"

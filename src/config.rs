@@ -34,6 +34,8 @@ pub const DEFAULT_ROOT: &str = "/var/lib/lazysnap";
 /// Default fetch window of a read that misses, bytes (see
 /// [`Config::fetch_window`]).
 pub const DEFAULT_FETCH_WINDOW: u64 = 1 << 20;
+/// Largest [`Config::fetch_window`]: 256 MiB.
+pub const MAX_FETCH_WINDOW: u64 = 256 << 20;
 /// Default socket path of the daemon.
 pub const DEFAULT_ADDRESS: &str = "/run/lazysnap/lazysnap.sock";
 
@@ -61,12 +63,13 @@ pub struct Config {
     pub platform: String,
     /// Fetch the rest of every lazy layer in the background after it is resolved.
     pub background_fetch: bool,
-    /// Pace of the background fetch, bytes per second.
+    /// Pace of the background fetch, bytes per second (> 0 when
+    /// `background_fetch` is on).
     pub background_rate: u64,
     /// Fetch window of a read that misses, in compressed bytes: the chunks
     /// after the missed one in the layer blob, up to this many bytes, come
-    /// in the same range request (see `snapshot/stream.rs`); 0 = the missed
-    /// chunk alone.
+    /// in the same range request (see `snapshot/window.rs`); 0 = the missed
+    /// chunk alone; at most [`MAX_FETCH_WINDOW`].
     pub fetch_window: u64,
     /// containerd's registry host configuration dir (`<dir>/<host>/hosts.toml`:
     /// mirrors, CAs, headers); empty = none.
@@ -193,10 +196,30 @@ impl Config {
                 self.address
             ));
         }
-        if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
+        let level = self.log_level.as_str();
+        let filter_ok = if level.contains('=') || level.contains(',') {
+            tracing_subscriber::EnvFilter::try_new(level).is_ok()
+        } else {
+            // A bare word is a level for lazysnap's own lines (see main.rs).
+            level.parse::<tracing::level_filters::LevelFilter>().is_ok()
+        };
+        if !filter_ok {
             problems.push(format!(
-                "log_level {:?} is not a valid filter",
-                self.log_level
+                "log_level {level:?} is neither a level (error, warn, info, debug, trace, off) \
+                 nor a tracing filter (e.g. \"lazysnap=debug,h2=info\")"
+            ));
+        }
+        if self.background_fetch && self.background_rate == 0 {
+            problems.push(
+                "background_rate 0 with background_fetch = true: give a pace in bytes/s, \
+                 or set background_fetch = false"
+                    .to_string(),
+            );
+        }
+        if self.fetch_window > MAX_FETCH_WINDOW {
+            problems.push(format!(
+                "fetch_window {} is above {MAX_FETCH_WINDOW} bytes (256 MiB)",
+                self.fetch_window
             ));
         }
         if self.cache_budget < 1 << 20 {
@@ -261,6 +284,25 @@ mod tests {
         let text = toml::to_string(&Config::default()).unwrap();
         assert!(!text.contains("metrics_address"), "{text}");
         assert_eq!(Config::parse(&text).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn bad_levels_rates_and_windows_are_named() {
+        let problems = |text: &str| Config::parse(text).unwrap().validate();
+        assert!(problems("log_level = \"warn\"").is_empty());
+        assert!(problems("log_level = \"lazysnap=debug,h2=info\"").is_empty());
+        let p = problems("log_level = \"verbose\"");
+        assert!(p.len() == 1 && p[0].contains("\"verbose\""), "{p:?}");
+        let p = problems("background_rate = 0");
+        assert!(p.len() == 1 && p[0].contains("background_rate 0"), "{p:?}");
+        assert!(problems("background_rate = 0\nbackground_fetch = false").is_empty());
+        let p = problems("fetch_window = 99999999999999");
+        assert!(
+            p.len() == 1 && p[0].contains("fetch_window 99999999999999"),
+            "{p:?}"
+        );
+        assert!(problems("fetch_window = 0").is_empty());
+        assert_eq!(Config::default().fetch_window, DEFAULT_FETCH_WINDOW);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::process::{Command, Output, Stdio};
 
 use common::{
     CTR_TIMEOUT_SECS, Test, env, image_info, image_ref, is_lazysnap, lazysnap_log_tail,
-    push_estargz_images, push_images, repo, snapshotter,
+    push_estargz_images, push_images, snapshotter,
 };
 
 const MAIN_PY_OUT: &str = "{\"ok\": [3, 11], \"os_release\": \"ID=lazysnap-test\"}\n";
@@ -27,7 +27,7 @@ fn lazysnap_bin() -> String {
         .vars
         .get("LAZYSNAP_BIN")
         .cloned()
-        .unwrap_or_else(|| repo().join("target/release/lazysnap").display().to_string())
+        .unwrap_or_else(|| common::release_bin().display().to_string())
 }
 
 /// `lazysnap pull -a <containerd> -n <ns> --snapshotter SNAP --plain-http REFERENCE`.

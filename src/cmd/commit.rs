@@ -155,7 +155,7 @@ pub async fn run(a: CommitArgs) -> anyhow::Result<()> {
         _ => None,
     };
     let layer = control_client::commit_layer(
-        &a.client.daemon_address(),
+        &a.client.daemon_address()?,
         ns,
         &key,
         &a.format.to_string(),

@@ -14,7 +14,7 @@ pub mod status;
 use std::path::PathBuf;
 
 use clap::Args;
-use lazysnap::config::{Config, DEFAULT_ADDRESS};
+use lazysnap::config::Config;
 use lazysnap::registry::{ClientOptions, RegistryClient};
 
 /// Flags every subcommand that talks to containerd or the daemon takes, as `ctr` does.
@@ -46,13 +46,18 @@ pub struct ClientFlags {
 
 impl ClientFlags {
     /// The daemon's socket: the flag, else the config file's `address`, else the default.
-    pub fn daemon_address(&self) -> PathBuf {
+    ///
+    /// # Errors
+    /// A config file given with `--config` (or the default one, when it exists) that
+    /// does not load: unknown keys and bad values are errors here as for `serve`.
+    pub fn daemon_address(&self) -> anyhow::Result<PathBuf> {
         if let Some(a) = &self.lazysnap_address {
-            return a.clone();
+            if let Some(path) = &self.config {
+                Config::load(Some(path))?;
+            }
+            return Ok(a.clone());
         }
-        Config::load(self.config.as_deref())
-            .map(|cfg| cfg.address)
-            .unwrap_or_else(|_| PathBuf::from(DEFAULT_ADDRESS))
+        Ok(Config::load(self.config.as_deref())?.address)
     }
 }
 

@@ -74,7 +74,7 @@ pub async fn record(
     let process = ImageConfigProcess::from_config_json(&cfg)?;
     let key =
         prepare_run_snapshot(&ctrd, SNAPSHOTTER, &pulled.chain_id, "lazysnap-optimize").await?;
-    let daemon = client.daemon_address();
+    let daemon = client.daemon_address()?;
     let result = async {
         control_client::start_recording(&daemon, NAMESPACE, &key)
             .await

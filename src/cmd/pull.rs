@@ -1,7 +1,6 @@
 //! `lazysnap pull`: an image into containerd, unpacked on the snapshotter, lazily where
 //! it can (as `ctr-remote images rpull`).
 
-use anyhow::Context;
 use clap::Args;
 use lazysnap::ctrd::{self, Ctrd, LayerOutcome, PullOptions, ResolvedImage};
 use lazysnap::registry::{Platform, Reference};
@@ -48,7 +47,11 @@ pub async fn run(a: PullArgs) -> anyhow::Result<()> {
     // As soon as the manifest is known, the daemon may start on the layers:
     // their TOCs and prefetch then overlap the config fetch and containerd's
     // calls. Only a hint: a daemon that is not there or not lazy is skipped.
-    let daemon = (opts.snapshotter == "lazysnap").then(|| c.daemon_address());
+    let daemon = if opts.snapshotter == "lazysnap" {
+        Some(c.daemon_address()?)
+    } else {
+        None
+    };
     let mut hinted = None;
     let mut on_resolved = |img: ResolvedImage<'_>| {
         let Some(daemon) = daemon.clone() else { return };
@@ -69,14 +72,31 @@ pub async fn run(a: PullArgs) -> anyhow::Result<()> {
         let short = d.get(..19).unwrap_or(d);
         println!("layer {}/{} {short}… {what}", p.index + 1, p.count);
     })
-    .await
-    .with_context(|| format!("pulling {}", opts.reference))?;
-    if let Some(Ok(Err(e))) = match hinted {
-        Some(h) => Some(h.await),
+    .await;
+    let hint = match hinted {
+        Some(h) => h.await.ok(),
         None => None,
-    } {
-        tracing::debug!(error = %e, "PrepareImage hint not taken");
-    }
+    };
+    let unreachable = match &hint {
+        Some(Err(e @ control_client::ControlClientError::Connect { .. })) => Some(e.to_string()),
+        Some(Err(e)) => {
+            tracing::debug!(error = %e, "PrepareImage hint not taken");
+            None
+        }
+        _ => None,
+    };
+    let pulled = match (pulled, unreachable) {
+        (Ok(p), _) => p,
+        (Err(e), Some(why)) => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "pulling {} ({why}: is the lazysnap daemon running? `lazysnap status` tells)",
+                opts.reference
+            )));
+        }
+        (Err(e), None) => {
+            return Err(anyhow::Error::new(e).context(format!("pulling {}", opts.reference)));
+        }
+    };
     println!(
         "{}: {} (top snapshot {}), done in {:.2}s",
         pulled.name,

@@ -8,7 +8,7 @@ use super::ClientFlags;
 
 /// Prints the daemon's status.
 pub async fn run(c: ClientFlags) -> anyhow::Result<()> {
-    let addr = c.daemon_address();
+    let addr = c.daemon_address()?;
     let ch = service::connect(&addr)
         .await
         .with_context(|| format!("connecting to the lazysnap daemon at {}", addr.display()))?;

@@ -50,7 +50,7 @@ pub fn lazysnap_bin() -> PathBuf {
         .vars
         .get("LAZYSNAP_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("target/release/lazysnap"))
+        .unwrap_or_else(super::release_bin)
 }
 
 /// `lazysnap ARGS` with the environment's containerd and daemon sockets (killed after

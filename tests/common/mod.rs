@@ -106,7 +106,7 @@ fn check_prerequisites() {
             missing.push(format!("{tool} (run scripts/setup.sh)"));
         }
     }
-    let bin = repo().join("target/release/lazysnap");
+    let bin = release_bin();
     if !bin.exists() {
         missing.push(format!("{} (run cargo build --release)", bin.display()));
     }
@@ -244,7 +244,7 @@ pub fn daemon_answers() -> bool {
         .vars
         .get("LAZYSNAP_BIN")
         .cloned()
-        .unwrap_or_else(|| repo().join("target/release/lazysnap").display().to_string());
+        .unwrap_or_else(|| release_bin().display().to_string());
     Command::new("timeout")
         .args(["10", &bin, "status", "--lazysnap-address"])
         .arg(&e.lazysnap_address)
@@ -1211,6 +1211,15 @@ pub fn chunk_cache_usage() -> (u64, u64) {
     let mut acc = (0, 0);
     walk(&env().lazysnap_root.join("cache"), &mut acc);
     acc
+}
+
+/// The release binary cargo built: `$CARGO_TARGET_DIR/release/lazysnap`, else the
+/// checkout's `target/release/lazysnap` (as the scripts resolve it).
+pub fn release_bin() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target"))
+        .join("release/lazysnap")
 }
 
 /// Seconds since the Unix epoch, as the fault proxy's log stamps requests (`t`).
