@@ -471,16 +471,58 @@ impl BenchEnv {
             .spawn()
             .with_context(|| format!("starting {}", s.bin.display()))?;
         s.pid = Some(child.id());
+        let mut up = false;
         for _ in 0..150 {
             if sock.exists() {
-                return Ok(());
+                up = true;
+                break;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        bail!(
-            "stargz-snapshotter did not create {} within 30 s",
-            sock.display()
-        )
+        if !up {
+            bail!(
+                "stargz-snapshotter did not create {} within 30 s",
+                sock.display()
+            );
+        }
+        self.wait_stargz_reachable().await
+    }
+
+    /// Waits until containerd reaches stargz-snapshotter through its proxy plugin: after
+    /// a containerd restart its client may still be in reconnect backoff (up to 3 s in
+    /// containerd 1.6) when the socket appears, and calls fail meanwhile. Probes with a
+    /// Prepare + Remove of a scratch snapshot (`ctr snapshots ls` reads containerd's own
+    /// database and never reaches the plugin).
+    async fn wait_stargz_reachable(&self) -> anyhow::Result<()> {
+        let ctr = |args: &[&str]| {
+            let mut c = Command::new("ctr");
+            c.arg("-a")
+                .arg(&self.containerd)
+                .args([
+                    "-n",
+                    "lazysnap-bench-probe",
+                    "snapshots",
+                    "--snapshotter",
+                    "stargz",
+                ])
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            c
+        };
+        for i in 0..100 {
+            let key = format!("stargz-ready-{i}");
+            if ctr(&["prepare", &key])
+                .status()
+                .await
+                .is_ok_and(|s| s.success())
+            {
+                let _ = ctr(&["rm", &key]).status().await;
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("containerd cannot reach stargz-snapshotter (10 s after its socket appeared)")
     }
 
     /// Cleans the benchmark's namespaces; stops what the benchmark started (the whole
