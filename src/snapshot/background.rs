@@ -6,8 +6,9 @@
 //! - **Background fetch**: then the rest of the layer, in blob order, in range
 //!   requests of up to [`BATCH_BYTES`] of compressed data, paced to a byte
 //!   rate, so a container stops depending on the registry. It yields to
-//!   reads: a request starts only while no fetch for a read is under way
-//!   (`stream::demand_idle`). Chunks already cached are skipped; chunks in
+//!   reads: a request starts only while no fetch for a read is under way,
+//!   or after waiting `stream::DEMAND_YIELD_MAX` for that (so a read stuck on
+//!   a registry that is gone does not stop it). Chunks already cached are skipped; chunks in
 //!   flight elsewhere (a read, or the pass of another snapshot of the same
 //!   layer) are waited for and fetched here if that fetch fails, so a dead
 //!   source of one snapshot does not stall the pass of another. A FUSE read
@@ -155,12 +156,8 @@ impl RemoteContext {
         let (r, d, toc) = (&layer.reference, &layer.digest, &layer.toc);
         self.fetch_batch(r, d, toc, batch, counters).await?;
         for item in batch {
-            if self.cache.contains(&item.key) {
-                continue;
-            }
-            let one = || self.fetch_chunk(r, d, toc, item.entry, item.chunk, counters);
-            if self.cache.get_or_fetch(&item.key, one()).await.is_err() {
-                self.cache.get_or_fetch(&item.key, one()).await?;
+            if !self.cache.contains(&item.key) {
+                self.get_chunk(r, d, toc, item, counters).await?;
             }
         }
         Ok(())

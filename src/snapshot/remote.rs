@@ -429,11 +429,23 @@ struct RemoteBlob {
 }
 
 /// Whether a remote layer can currently be read: the error of its last
-/// chunk read when that failed, cleared by the next read that succeeds.
+/// chunk read when that failed, cleared by the next read that succeeds; and
+/// whether its snapshot has been removed (fetches under way for its reads
+/// then stop handing chunks to the cache, field case B25).
 #[derive(Debug, Default)]
-pub struct LayerHealth(Mutex<Option<String>>);
+pub struct LayerHealth(Mutex<Option<String>>, std::sync::atomic::AtomicBool);
 
 impl LayerHealth {
+    /// Marks the layer's snapshot removed.
+    pub fn mark_removed(&self) {
+        self.1.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether the layer's snapshot has been removed.
+    pub fn is_removed(&self) -> bool {
+        self.1.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// The last read's error, when it failed.
     pub fn failure(&self) -> Option<String> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
@@ -473,29 +485,23 @@ impl RemoteBlob {
         );
         let counters = self.metrics.fetch(FetchSource::Read).clone();
         let demand = super::stream::Demand::begin();
+        let health = self.health.clone();
         self.ctx.rt.spawn(async move {
             let _demand = demand;
-            let fetch = ctx.stream_chunks(&reference, &digest, &toc, &items, batch, &counters);
+            let fetch = ctx.stream_chunks(
+                &reference,
+                &digest,
+                &toc,
+                &items,
+                batch,
+                &counters,
+                Some(&health),
+            );
             if let Err(e) = fetch.await {
                 debug!(layer = %digest, error = %e, "fetch window failed");
             }
         });
         true
-    }
-
-    async fn fetch(&self, entry: usize, chunk: usize) -> Result<Bytes, ChunkFetchError> {
-        let counters = self.metrics.fetch(FetchSource::Read);
-        let _demand = super::stream::Demand::begin();
-        self.ctx
-            .fetch_chunk(
-                &self.reference,
-                &self.digest,
-                &self.toc,
-                entry,
-                chunk,
-                counters,
-            )
-            .await
     }
 }
 
@@ -534,8 +540,19 @@ impl ChunkReader for RemoteBlob {
             self.toc.clone(),
         );
         let counters = self.metrics.fetch(FetchSource::Readahead).clone();
+        let health = self.health.clone();
         self.ctx.rt.spawn(async move {
-            let batch = ctx.fetch_batch(&reference, &digest, &toc, &items, &counters);
+            let keys: Vec<Digest> = items.iter().map(|i| i.key.clone()).collect();
+            let led = ctx.cache.lead(&keys);
+            let batch = ctx.stream_chunks(
+                &reference,
+                &digest,
+                &toc,
+                &items,
+                led,
+                &counters,
+                Some(&health),
+            );
             if let Err(e) = batch.await {
                 debug!(layer = %digest, error = %e, "readahead failed; reads fetch for themselves");
             }
@@ -563,18 +580,19 @@ impl ChunkReader for RemoteBlob {
                 e.name
             )));
         };
-        let windowed = self.start_window(entry, chunk, &key);
-        let cache = &self.ctx.cache;
+        self.start_window(entry, chunk, &key);
+        let item = super::window::Item { key, entry, chunk };
+        let counters = self.metrics.fetch(FetchSource::Read);
+        // A failed flight (the window's, or another layer's with the same
+        // chunk digest) is retried from this layer's source (`get_chunk`).
         let out = self
             .ctx
             .rt
             .block_on(async {
-                match cache.get_or_fetch(&key, self.fetch(entry, chunk)).await {
-                    // The window's fetch of this chunk failed: once more on
-                    // its own (which retries a chunk that does not verify).
-                    Err(_) if windowed => cache.get_or_fetch(&key, self.fetch(entry, chunk)).await,
-                    out => out,
-                }
+                let _demand = super::stream::Demand::begin();
+                self.ctx
+                    .get_chunk(&self.reference, &self.digest, &self.toc, &item, counters)
+                    .await
             })
             .map_err(|err| format!("{}: {err}", e.name));
         self.health.record(out.as_ref().err().cloned());

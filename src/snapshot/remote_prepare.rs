@@ -336,6 +336,8 @@ impl Snapshotter {
         if let Some(task) = gone.fetch {
             task.abort();
         }
+        // Fetch windows and readahead of its reads stop delivering.
+        gone.health.1.mark_removed();
         let Some(ctx) = &self.remote else { return };
         let live: std::collections::HashSet<&Digest> = lowers
             .values()

@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tracing::warn;
 
-use super::remote::{ChunkFetchError, RemoteContext};
+use super::remote::{ChunkFetchError, LayerHealth, RemoteContext};
 use super::window::Item;
 use crate::cache::LedBatch;
 use crate::format::chunk::decode_verified;
@@ -33,6 +33,8 @@ struct Stream<'a> {
     next: usize,
     batch: LedBatch,
     digest: &'a Digest,
+    /// The layer whose removal stops the deliveries.
+    stop: Option<&'a LayerHealth>,
 }
 
 impl<'a> Stream<'a> {
@@ -44,6 +46,9 @@ impl<'a> Stream<'a> {
 
     /// Delivers every chunk wholly inside `prefix` (bytes from `start`).
     fn advance(&mut self, prefix: &[u8]) {
+        if self.stop.is_some_and(LayerHealth::is_removed) {
+            return;
+        }
         while self.next < self.items.len() {
             let c = self.chunk(self.next);
             let (lo, hi) = (
@@ -100,12 +105,17 @@ impl Drop for Demand {
 /// How often [`demand_idle`] looks again.
 const IDLE_POLL: Duration = Duration::from_millis(5);
 
-/// Returns once no fetch for a read is under way: the background fetch
-/// waits here before each of its requests, so that it never shares the
-/// link with a read that waits (it only uses the link when reads leave it
-/// idle).
+/// Longest [`demand_idle`] waits: reads keep the link first, but a fetch for
+/// a read that hangs on a registry that is gone (retrying, then failing) must
+/// not stop every background pass of the daemon.
+pub const DEMAND_YIELD_MAX: Duration = Duration::from_secs(1);
+
+/// Returns once no fetch for a read is under way, or after
+/// [`DEMAND_YIELD_MAX`]: the background fetch waits here before each of its
+/// requests, so that it does not share the link with a read that waits.
 pub(super) async fn demand_idle() {
-    while DEMAND.load(Ordering::SeqCst) > 0 {
+    let deadline = tokio::time::Instant::now() + DEMAND_YIELD_MAX;
+    while DEMAND.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(IDLE_POLL).await;
     }
 }
@@ -152,15 +162,49 @@ impl RemoteContext {
         )))
     }
 
+    /// Chunk `item` of this layer through the cache, never failed by another
+    /// source's fetch: the cache may hand this call to a flight that another
+    /// layer (same chunk digest, other blob or registry) leads; when that
+    /// flight fails, or this call's own did, the chunk is fetched once more
+    /// from this layer's source, outside the flights, and given to the cache
+    /// when nobody else is fetching it.
+    ///
+    /// # Errors
+    ///
+    /// This layer's own fetch failed ([`Self::fetch_chunk`]).
+    pub(super) async fn get_chunk(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+        toc: &Toc,
+        item: &Item,
+        counters: &LayerFetch,
+    ) -> Result<Bytes, ChunkFetchError> {
+        let fetch = || self.fetch_chunk(reference, digest, toc, item.entry, item.chunk, counters);
+        if let Ok(bytes) = self.cache.get_or_fetch(&item.key, fetch()).await {
+            return Ok(bytes);
+        }
+        let bytes = fetch().await?;
+        let mut led = self.cache.lead(std::slice::from_ref(&item.key));
+        led.deliver(&item.key, bytes.clone(), |m| {
+            ChunkFetchError::new(format!("layer {digest}: {m}"))
+        })
+        .map_err(|m| ChunkFetchError::new(format!("layer {digest}: {m}")))?;
+        Ok(bytes)
+    }
+
     /// Fetches the chunks of `items` that `batch` leads, with one range
     /// request from the first to the last of them, delivering each as it
     /// arrives (see the module docs). The request is counted in `counters`.
+    /// Once `stop`'s snapshot is removed, nothing more is delivered (the
+    /// flights not delivered end, their waiters fetch for themselves).
     ///
     /// # Errors
     ///
     /// The registry's error (the chunks not delivered yet fail with it,
     /// so their waiters get it too); a chunk that does not verify fails on
     /// its own, without failing the call.
+    #[allow(clippy::too_many_arguments)] // the layer (3), what to fetch (2), accounting, stop
     pub(super) async fn stream_chunks(
         &self,
         reference: &Reference,
@@ -169,6 +213,7 @@ impl RemoteContext {
         items: &[Item],
         batch: LedBatch,
         counters: &LayerFetch,
+        stop: Option<&LayerHealth>,
     ) -> Result<(), ChunkFetchError> {
         let chunk_of = |i: &Item| -> &Chunk { &toc.entries[i.entry].chunks[i.chunk] };
         let mut led: Vec<&Item> = items.iter().filter(|i| batch.leads(&i.key)).collect();
@@ -185,6 +230,7 @@ impl RemoteContext {
             next: 0,
             batch,
             digest,
+            stop,
         });
         let lock = || stream.lock().unwrap_or_else(|p| p.into_inner());
         let result = self
@@ -226,7 +272,7 @@ impl RemoteContext {
     ) -> Result<(), ChunkFetchError> {
         let keys: Vec<Digest> = items.iter().map(|i| i.key.clone()).collect();
         let batch = self.cache.lead(&keys);
-        self.stream_chunks(reference, digest, toc, items, batch, counters)
+        self.stream_chunks(reference, digest, toc, items, batch, counters, None)
             .await
     }
 }
