@@ -210,6 +210,29 @@ impl DiskStore {
         }
     }
 
+    /// Reserves `charge` bytes for `key` in the ledger, evicting and briefly
+    /// waiting as it asks. `Err` when it can't be stored now: `Busy`
+    /// (another writer stores `key`), or a refusal (`Wait` too long,
+    /// `NoRoom`, `TooBig`), which is counted in `not_stored`.
+    pub(super) fn reserve_room(&self, key: &Digest, charge: u64) -> Result<(), Reserve> {
+        let mut waits = 0;
+        loop {
+            match self.books().reserve(key, charge) {
+                Reserve::Granted => return Ok(()),
+                Reserve::Evict(victims) => self.unlink(victims, true),
+                Reserve::Wait if waits < MAX_WAITS => {
+                    waits += 1;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Reserve::Busy => return Err(Reserve::Busy),
+                refused => {
+                    self.counters.not_stored.fetch_add(1, Ordering::Relaxed);
+                    return Err(refused);
+                }
+            }
+        }
+    }
+
     /// Stores verified chunk `key`, evicting least recently used chunks to
     /// make room first. Never fails: a chunk that cannot be stored is
     /// counted (`not_stored`, `store_errors`) and logged. A failed write
@@ -217,24 +240,12 @@ impl DiskStore {
     /// once.
     pub(super) fn store(&self, key: &Digest, bytes: &[u8]) {
         let charge = ledger::charge(bytes.len() as u64);
-        let mut waits = 0;
-        loop {
-            let answer = self.books().reserve(key, charge);
-            match answer {
-                Reserve::Granted => break,
-                Reserve::Evict(victims) => self.unlink(victims, true),
-                Reserve::Wait if waits < MAX_WAITS => {
-                    waits += 1;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Reserve::Busy => return,
-                Reserve::Wait | Reserve::NoRoom | Reserve::TooBig => {
-                    self.counters.not_stored.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(chunk = %key, bytes = bytes.len(), why = ?answer,
-                        "chunk served uncached");
-                    return;
-                }
+        if let Err(why) = self.reserve_room(key, charge) {
+            if !matches!(why, Reserve::Busy) {
+                tracing::debug!(chunk = %key, bytes = bytes.len(), why = ?why,
+                    "chunk served uncached");
             }
+            return;
         }
         let mut retried = false;
         loop {

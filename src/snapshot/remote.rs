@@ -460,12 +460,12 @@ impl RemoteBlob {
     /// Starts the fetch window of a read that missed `key` (chunk `chunk`
     /// of entry `entry`): leads the flights of it and of the chunks after
     /// it (`stream::window_items`) and streams them in the background, so
-    /// that the read waits for its own chunk only. Nothing happens (and
-    /// `false` is returned) when the window is off, the chunk is cached,
-    /// or someone else fetches it.
-    fn start_window(&self, entry: usize, chunk: usize, key: &Digest) -> bool {
-        if self.ctx.fetch_window == 0 || self.ctx.cache.contains(key) {
-            return false;
+    /// that the read waits for its own chunk only. Called for a chunk not
+    /// cached; nothing happens when the window is off or someone else
+    /// fetches the chunk.
+    fn start_window(&self, entry: usize, chunk: usize, key: &Digest) {
+        if self.ctx.fetch_window == 0 {
+            return;
         }
         let order = self
             .order
@@ -475,7 +475,7 @@ impl RemoteBlob {
         let keys: Vec<Digest> = items.iter().map(|i| i.key.clone()).collect();
         let batch = self.ctx.cache.lead(&keys);
         if !batch.leads(key) {
-            return false; // dropping the batch hands the others back at once
+            return; // dropping the batch hands the others back at once
         }
         let (ctx, reference, digest, toc) = (
             self.ctx.clone(),
@@ -501,7 +501,6 @@ impl RemoteBlob {
                 debug!(layer = %digest, error = %e, "fetch window failed");
             }
         });
-        true
     }
 }
 
@@ -580,7 +579,12 @@ impl ChunkReader for RemoteBlob {
                 e.name
             )));
         };
-        self.start_window(entry, chunk, &key);
+        // One cache lookup decides: a cached chunk is no fetch for a read
+        // (no window, not counted as demand).
+        let missing = !self.ctx.cache.contains(&key);
+        if missing {
+            self.start_window(entry, chunk, &key);
+        }
         let item = super::window::Item { key, entry, chunk };
         let counters = self.metrics.fetch(FetchSource::Read);
         // A failed flight (the window's, or another layer's with the same
@@ -589,7 +593,7 @@ impl ChunkReader for RemoteBlob {
             .ctx
             .rt
             .block_on(async {
-                let _demand = super::stream::Demand::begin();
+                let _demand = missing.then(super::stream::Demand::begin);
                 self.ctx
                     .get_chunk(&self.reference, &self.digest, &self.toc, &item, counters)
                     .await

@@ -21,11 +21,11 @@ use std::fs::{self, File, FileTimes, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use sha2::{Digest as _, Sha256};
 
-use super::{DiskStore, MAX_WAITS, TEMP_PREFIX};
+use super::{DiskStore, TEMP_PREFIX};
 use crate::cache::ledger::{self, Reserve};
 use crate::oci::Digest;
 
@@ -169,23 +169,11 @@ impl DiskStore {
         fill: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
     ) -> Option<File> {
         let charge = ledger::charge(len);
-        let mut waits = 0;
-        loop {
-            let answer = self.books().reserve(key, charge);
-            match answer {
-                Reserve::Granted => break,
-                Reserve::Evict(victims) => self.unlink(victims, true),
-                Reserve::Wait if waits < MAX_WAITS => {
-                    waits += 1;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Reserve::Busy => return None,
-                Reserve::Wait | Reserve::NoRoom | Reserve::TooBig => {
-                    self.counters.not_stored.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(key = %key, bytes = len, why = ?answer, "whole file not stored");
-                    return None;
-                }
+        if let Err(why) = self.reserve_room(key, charge) {
+            if !matches!(why, Reserve::Busy) {
+                tracing::debug!(key = %key, bytes = len, why = ?why, "whole file not stored");
             }
+            return None;
         }
         let path = self.path_of(key);
         let n = self.temp_seq.fetch_add(1, Ordering::Relaxed);
