@@ -217,7 +217,10 @@ impl DiskStore {
     pub(super) fn reserve_room(&self, key: &Digest, charge: u64) -> Result<(), Reserve> {
         let mut waits = 0;
         loop {
-            match self.books().reserve(key, charge) {
+            // Bound first: the ledger's lock must be released before
+            // `unlink` takes it again.
+            let answer = self.books().reserve(key, charge);
+            match answer {
                 Reserve::Granted => return Ok(()),
                 Reserve::Evict(victims) => self.unlink(victims, true),
                 Reserve::Wait if waits < MAX_WAITS => {
