@@ -8,6 +8,8 @@
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$LAZYSNAP_REPO"
+# One-shot builds gain nothing from incremental state, which costs ~2 GB of disk.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 
 start=$(date +%s)
 results=()
@@ -35,6 +37,7 @@ cleanup() {
   if [ -n "$DIR" ]; then
     scripts/env-down.sh --rm "$DIR" || { log "env-down left something behind in $DIR"; failed=1; results+=("cleanup FAILED"); }
   fi
+  [ "$failed" = 0 ] || log "disk space at the end: $(df -h --output=avail,target "$LAZYSNAP_TARGET" 2>/dev/null | tail -n1)"
   summary
   [ "$failed" = 0 ] && [ "$rc" = 0 ] || exit 1
   exit 0
@@ -42,6 +45,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+log "disk space: $(df -h --output=avail,target "$LAZYSNAP_REPO" | tail -n1) available (a full run needs about 6 GB)"
 step setup scripts/setup.sh
 if [ "$failed" != 0 ]; then exit 1; fi
 step fmt cargo fmt --all -- --check
