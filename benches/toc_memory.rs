@@ -14,11 +14,13 @@
 //! and prints bytes per entry for each. Run: `cargo bench --bench toc_memory`.
 //!
 //! Measured (heap, this synthetic image, 45-byte file names): the parsed TOC
-//! costs 276 B per entry (was 607 before the compact `format::Entry`: a
-//! 144-byte entry, its name, and one 88-byte digest shared by the file and
-//! its only chunk; see `format::toc`), the remote index 40 B, the inode
-//! table 176 B. Issue 6's ~200 B is out of reach while every file keeps a
-//! materialized `Chunk` (48 B) and a digest in text form (71 B + count).
+//! costs 181 B per entry (was 607 before the compact `format::Entry`, 276
+//! with a 144-byte entry and an 88-byte shared digest allocation): a
+//! 136-byte entry and its name, nothing else. The file digest is its 32-byte
+//! sha256 value inline (`oci::Digest`), the one chunk is stored as its span
+//! (offset, end, inner offset, size; its digest is the file's) and handed
+//! out by value, and the rare fields share one optional box; see
+//! `format::toc`. The remote index costs 40 B, the inode table 176 B.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::Path;

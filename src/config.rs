@@ -18,6 +18,8 @@
 //! background_rate = 10485760             # its pace, bytes/s
 //! fetch_window = 1048576                 # a read that misses also fetches this many
 //!                                        # compressed bytes after its chunk, bytes; 0 = off
+//! whole_layer_limit = 1048576            # a lazy layer blob of at most this many bytes is
+//!                                        # fetched whole with its TOC, bytes; 0 = never
 //! hosts_dir = "/etc/containerd/certs.d"  # containerd hosts.toml (mirrors, CAs); "" = none
 //! metrics_address = ""                   # Prometheus GET /metrics, e.g. "127.0.0.1:9464"; "" = off
 //! ```
@@ -36,6 +38,11 @@ pub const DEFAULT_ROOT: &str = "/var/lib/lazysnap";
 pub const DEFAULT_FETCH_WINDOW: u64 = 1 << 20;
 /// Largest [`Config::fetch_window`]: 256 MiB.
 pub const MAX_FETCH_WINDOW: u64 = 256 << 20;
+/// Default [`Config::whole_layer_limit`], bytes: 1 MiB, the default fetch
+/// window (a start that misses once in such a layer fetches that much anyway).
+pub const DEFAULT_WHOLE_LAYER_LIMIT: u64 = 1 << 20;
+/// Largest [`Config::whole_layer_limit`]: 256 MiB.
+pub const MAX_WHOLE_LAYER_LIMIT: u64 = 256 << 20;
 /// Default socket path of the daemon.
 pub const DEFAULT_ADDRESS: &str = "/run/lazysnap/lazysnap.sock";
 
@@ -71,6 +78,12 @@ pub struct Config {
     /// in the same range request (see `snapshot/window.rs`); 0 = the missed
     /// chunk alone; at most [`MAX_FETCH_WINDOW`].
     pub fetch_window: u64,
+    /// A lazy layer whose blob is at most this many bytes is fetched whole,
+    /// with its TOC, in one request when it is resolved, and its chunks go
+    /// to the cache at once (a start would spend more round trips than bytes
+    /// on it); 0 = never (a blob within the 64 KiB tail read still is); at
+    /// most [`MAX_WHOLE_LAYER_LIMIT`].
+    pub whole_layer_limit: u64,
     /// containerd's registry host configuration dir (`<dir>/<host>/hosts.toml`:
     /// mirrors, CAs, headers); empty = none.
     pub hosts_dir: PathBuf,
@@ -111,6 +124,7 @@ impl Default for Config {
             background_fetch: true,
             background_rate: 10 << 20,
             fetch_window: DEFAULT_FETCH_WINDOW,
+            whole_layer_limit: DEFAULT_WHOLE_LAYER_LIMIT,
             hosts_dir: PathBuf::from("/etc/containerd/certs.d"),
             metrics_address: None,
         }
@@ -220,6 +234,12 @@ impl Config {
             problems.push(format!(
                 "fetch_window {} is above {MAX_FETCH_WINDOW} bytes (256 MiB)",
                 self.fetch_window
+            ));
+        }
+        if self.whole_layer_limit > MAX_WHOLE_LAYER_LIMIT {
+            problems.push(format!(
+                "whole_layer_limit {} is above {MAX_WHOLE_LAYER_LIMIT} bytes (256 MiB)",
+                self.whole_layer_limit
             ));
         }
         if self.cache_budget < 1 << 20 {

@@ -118,6 +118,7 @@ fn main() -> anyhow::Result<()> {
                 platform: cfg.platform.clone(),
                 background_rate: cfg.background_fetch.then_some(cfg.background_rate),
                 fetch_window: cfg.fetch_window,
+                whole_layer_limit: cfg.whole_layer_limit,
                 hosts_dir: (!cfg.hosts_dir.as_os_str().is_empty()).then(|| cfg.hosts_dir.clone()),
             });
             rt.block_on(service::serve(ServeOptions {

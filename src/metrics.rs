@@ -29,10 +29,10 @@
 //! | `fuse_op_duration_seconds` | histogram | `op` | time from dispatch to answer |
 //!
 //! `layer` is the compressed layer digest (`sha256:<hex>`). `source` is one of
-//! [`FetchSource`]'s names. Fetched bytes count the compressed blob bytes of
-//! chunk data each fetch delivered (the requested range's length, or the whole
-//! blob for `whole`); the footer and TOC reads made when a layer is resolved are
-//! not counted. A fetch the registry client retried internally counts once.
+//! [`FetchSource`]'s names. Fetched bytes count the compressed blob bytes each
+//! fetch received (the requested range's length, or the whole blob for
+//! `whole`); the footer and TOC reads made when a layer is resolved count as
+//! `toc`. A fetch the registry client retried internally counts once.
 //! Per-layer series live as long as the process.
 
 use std::fmt;
@@ -78,16 +78,21 @@ pub enum FetchSource {
     Background,
     /// `whole`: a layer that cannot be read lazily, fetched whole.
     Whole,
+    /// `toc`: the reads that find and fetch a layer's TOC when it is
+    /// resolved (the blob's tail, the TOC, or a small blob whole with its
+    /// chunks; `image::toc::read_toc`).
+    Toc,
 }
 
 impl FetchSource {
     /// Every source, in label order.
-    pub const ALL: [FetchSource; 5] = [
+    pub const ALL: [FetchSource; 6] = [
         FetchSource::Read,
         FetchSource::Readahead,
         FetchSource::Prefetch,
         FetchSource::Background,
         FetchSource::Whole,
+        FetchSource::Toc,
     ];
 
     /// The label value.
@@ -98,6 +103,7 @@ impl FetchSource {
             FetchSource::Prefetch => "prefetch",
             FetchSource::Background => "background",
             FetchSource::Whole => "whole",
+            FetchSource::Toc => "toc",
         }
     }
 }
@@ -157,7 +163,7 @@ impl LayerFetch {
 /// cloned freely (each counter is an `Arc` of an atomic).
 #[derive(Debug, Clone)]
 pub struct LayerMetrics {
-    by_source: [LayerFetch; 5],
+    by_source: [LayerFetch; FetchSource::ALL.len()],
 }
 
 impl LayerMetrics {
@@ -345,13 +351,13 @@ impl Metrics {
         let cache = Arc::new(CacheCollector::default());
         registry.register(
             "registry_fetch_bytes",
-            "Compressed bytes of layer chunk data fetched from registries, by layer digest and \
-             purpose (footer and TOC reads excluded)",
+            "Compressed layer blob bytes fetched from registries, by layer digest and purpose \
+             (source=\"toc\": footer and TOC reads)",
             fetch_bytes.clone(),
         );
         registry.register(
             "registry_fetch_requests",
-            "Successful chunk data fetches from registries, by layer digest and purpose",
+            "Successful layer blob fetches from registries, by layer digest and purpose",
             fetch_requests.clone(),
         );
         registry.register(

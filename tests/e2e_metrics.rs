@@ -7,13 +7,13 @@
 //! per-layer series count only this file's fetches.
 //!
 //! What "fetched bytes" means, precisely: `lazysnap_registry_fetch_bytes_total{layer=L}`
-//! (summed over `source`) counts the blob bytes of chunk data the daemon received for L:
-//! every range GET that fetched chunks (a read's own fetch, readahead, prefetch,
-//! background) and any whole-blob GET. It does not count the reads made to resolve the
-//! layer: the footer and TOC, i.e. the range GETs whose range reaches the TOC offset (the
-//! TOC and footer lie after all chunk data). So, for each layer, the counter's growth
-//! equals the bytes of the proxy's logged GETs of L whose range ends before the TOC
-//! offset, plus its GETs without a range, and the request counter equals their number.
+//! (summed over `source`) counts the blob bytes the daemon received for L: every range GET
+//! that fetched chunks (a read's own fetch, readahead, prefetch, background), any
+//! whole-blob GET, and the reads made to resolve the layer (`source="toc"`: the footer
+//! and TOC, i.e. the range GETs whose range reaches the TOC offset, which lies after all
+//! chunk data; for a small layer, the whole blob in one range). So, for each layer, the
+//! counter's growth equals the bytes of all the proxy's logged GETs of L, and the request
+//! counter equals their number.
 
 mod common;
 
@@ -239,6 +239,7 @@ struct Seen {
     chunk_requests: u64,
     chunk_bytes: u64,
     toc_requests: u64,
+    toc_bytes: u64,
     whole_requests: u64,
     whole_bytes: u64,
 }
@@ -267,7 +268,10 @@ fn seen(reqs: &[ProxyRequest], layer: &LayerInfo, toc_offset: u64) -> Seen {
                 s.chunk_requests += 1;
                 s.chunk_bytes += r.bytes;
             }
-            Some(_) => s.toc_requests += 1,
+            Some(_) => {
+                s.toc_requests += 1;
+                s.toc_bytes += r.bytes;
+            }
             None => {
                 s.whole_requests += 1;
                 s.whole_bytes += r.bytes;
@@ -311,7 +315,8 @@ fn compare(
 
 fn agrees(c: &Comparison) -> bool {
     c.iter().all(|(_, (req, bytes, _), s)| {
-        *req == s.chunk_requests + s.whole_requests && *bytes == s.chunk_bytes + s.whole_bytes
+        *req == s.chunk_requests + s.whole_requests + s.toc_requests
+            && *bytes == s.chunk_bytes + s.whole_bytes + s.toc_bytes
     })
 }
 
@@ -343,11 +348,11 @@ fn assert_agrees(what: &str, c: &Comparison) {
         assert_eq!(
             (*req, *bytes),
             (
-                s.chunk_requests + s.whole_requests,
-                s.chunk_bytes + s.whole_bytes
+                s.chunk_requests + s.whole_requests + s.toc_requests,
+                s.chunk_bytes + s.whole_bytes + s.toc_bytes
             ),
-            "{what}: layer {layer}: counters (requests, bytes) vs the registry's chunk and whole \
-             GETs {s:?}\n--- lazysnap log (tail) ---\n{}",
+            "{what}: layer {layer}: counters (requests, bytes) vs the registry's chunk, whole \
+             and TOC GETs {s:?}\n--- lazysnap log (tail) ---\n{}",
             common::lazysnap_log_tail(40)
         );
         assert_eq!(*errors, 0, "{what}: layer {layer}: fetch errors");

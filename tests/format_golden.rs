@@ -74,12 +74,12 @@ fn ctr_remote_estargz_layer_parses_and_every_chunk_verifies() {
             .find(|(n, _)| n.trim_end_matches('/') == e.name)
             .unwrap_or_else(|| panic!("{} not in the tar", e.name));
         let mut got = Vec::new();
-        for c in &e.chunks {
+        for c in e.chunks() {
             got.extend(
                 decode_verified(
                     toc.compression,
                     &BLOB[c.offset as usize..c.end as usize],
-                    c,
+                    &c,
                     &e.name,
                 )
                 .unwrap(),

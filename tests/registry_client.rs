@@ -135,7 +135,7 @@ async fn pulls_from_a_real_registry() {
     assert_eq!(by_tag.index, None);
     let index = std::fs::read_to_string(layout.join("index.json")).unwrap();
     assert!(
-        index.contains(by_tag.digest.as_str()),
+        index.contains(&*by_tag.digest.as_str()),
         "skopeo kept the layout's manifest digest {}",
         by_tag.digest
     );

@@ -145,10 +145,11 @@ async fn pulls_through_hosts_toml_mirrors() {
     let r: Reference = format!("{closed}/t/img:1").parse().unwrap();
     let res = c.resolve(&r, &platform).await.unwrap();
     let index = std::fs::read_to_string(layout.join("index.json")).unwrap();
-    assert!(index.contains(res.digest.as_str()), "{}", res.digest);
+    assert!(index.contains(&*res.digest.as_str()), "{}", res.digest);
     let layer = &res.manifest.layers()[0];
     let digest: Digest = layer.digest().to_string().parse().unwrap();
-    let (alg, hex) = digest.as_str().split_once(':').unwrap();
+    let text = digest.as_str();
+    let (alg, hex) = text.split_once(':').unwrap();
     let expected = std::fs::read(layout.join("blobs").join(alg).join(hex)).unwrap();
     let whole = c.fetch_blob(&r, &digest).await.unwrap();
     assert_eq!(whole, expected);

@@ -302,7 +302,7 @@ async fn credential_helper_stores_serves_and_erases() {
     let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
     let shown = shown.to_string();
     assert!(
-        shown.contains(md.as_str()) && shown.contains(ld.as_str()),
+        shown.contains(&*md.as_str()) && shown.contains(&*ld.as_str()),
         "{shown}"
     );
     let calls = std::fs::read_to_string(state.join("calls.log")).unwrap();

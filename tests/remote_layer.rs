@@ -24,6 +24,15 @@ fn ctx_window(
     rt: &tokio::runtime::Runtime,
     fetch_window: u64,
 ) -> Arc<RemoteContext> {
+    ctx_opts(dir, rt, fetch_window, 0)
+}
+
+fn ctx_opts(
+    dir: &std::path::Path,
+    rt: &tokio::runtime::Runtime,
+    fetch_window: u64,
+    whole_layer_limit: u64,
+) -> Arc<RemoteContext> {
     let opts = LazyOptions {
         cache_budget: 1 << 30,
         cache_memory: 1 << 20,
@@ -31,6 +40,7 @@ fn ctx_window(
         platform: String::new(),
         background_rate: None,
         fetch_window,
+        whole_layer_limit,
         hosts_dir: None,
     };
     Arc::new(remote_context(dir, &opts, rt.handle().clone()).unwrap())
@@ -89,8 +99,8 @@ fn estargz_layer_resolves_reads_and_fetches_in_the_background() {
         .toc
         .entries
         .iter()
-        .flat_map(|e| e.chunks.iter())
-        .filter_map(|ch| ch.digest.clone())
+        .flat_map(|e| e.chunks())
+        .filter_map(|ch| ch.digest)
         .collect();
     let missing = all.iter().filter(|d| !c.cache.contains(d)).count();
     assert_eq!(
@@ -126,8 +136,8 @@ fn a_read_that_misses_fetches_its_window_in_one_request() {
         .entries
         .iter()
         .enumerate()
-        .flat_map(|(i, e)| e.chunks.iter().enumerate().map(move |(k, ch)| (i, k, ch)))
-        .filter_map(|(i, k, ch)| Some((i, k, ch.offset, ch.end, ch.digest.clone()?)))
+        .flat_map(|(i, e)| e.chunks().enumerate().map(move |(k, ch)| (i, k, ch)))
+        .filter_map(|(i, k, ch)| Some((i, k, ch.offset, ch.end, ch.digest?)))
         .collect();
     chunks.sort_by_key(|c| c.2);
     let (first, first_chunk, start, first_end, first_key) = chunks[0].clone();
@@ -179,6 +189,78 @@ fn a_read_that_misses_fetches_its_window_in_one_request() {
             "the window stops at its size"
         );
     }
+}
+
+/// A layer blob no larger than `whole_layer_limit` is fetched with one
+/// request for the whole blob when it is resolved, and every chunk is then
+/// read, verified, without a request; a larger layer still gets only the
+/// tail read.
+#[test]
+fn a_small_layer_is_fetched_whole_with_its_toc() {
+    common::push_images();
+    common::push_estargz_images();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = common::FaultProxy::start("log", &[]);
+    let limit = 2 << 20;
+    let c = ctx_opts(dir.path(), &rt, 0, limit);
+    let blob_requests = |from: usize| -> Vec<(String, Option<String>)> {
+        proxy.requests()[from..]
+            .iter()
+            .filter(|r| r.path.contains("/blobs/") && r.method == "GET")
+            .map(|r| (r.path.clone(), r.range.clone()))
+            .collect()
+    };
+
+    let reference = proxy.reference("test/busybox:esgz");
+    let l = labels_for(&rt, &c, &reference, 0);
+    let before = proxy.requests().len();
+    let layer = rt.block_on(c.resolve_layer(&l)).unwrap();
+    assert!(layer.size <= limit, "busybox layer is {} bytes", layer.size);
+    let reqs = blob_requests(before);
+    assert_eq!(
+        reqs.iter().map(|r| r.1.clone()).collect::<Vec<_>>(),
+        [Some(format!("bytes=0-{}", layer.size - 1))],
+        "one request for the whole blob: {reqs:?}"
+    );
+    let (reader, _) = c.reader(&layer);
+    let after_resolve = proxy.requests().len();
+    let mut chunks = 0;
+    for (i, e) in layer.toc.entries.iter().enumerate() {
+        for (k, ch) in e.chunks().enumerate() {
+            let Some(key) = ch.digest else { continue };
+            let bytes = reader.read_chunk(i, k).unwrap();
+            assert_eq!(lazysnap::oci::Digest::sha256_of(&bytes), key, "{}", e.name);
+            chunks += 1;
+        }
+    }
+    assert!(chunks > 1, "busybox has files: {chunks} chunks");
+    assert_eq!(
+        blob_requests(after_resolve),
+        [],
+        "chunks of a layer fetched whole need no request"
+    );
+
+    // Layer 1 of python (several MB) is above the limit: the tail only.
+    let reference = proxy.reference("test/python:esgz");
+    let l = labels_for(&rt, &c, &reference, 1);
+    let before = proxy.requests().len();
+    let layer = rt.block_on(c.resolve_layer(&l)).unwrap();
+    assert!(layer.size > limit);
+    let reqs = blob_requests(before);
+    assert_eq!(
+        reqs.first().and_then(|r| r.1.clone()),
+        Some(format!(
+            "bytes={}-{}",
+            layer.size - lazysnap::image::toc::TAIL_BYTES,
+            layer.size - 1
+        )),
+        "{reqs:?}"
+    );
+    assert!(
+        reqs.len() <= 2,
+        "tail, and the TOC when it did not fit: {reqs:?}"
+    );
 }
 
 #[test]
@@ -260,7 +342,7 @@ fn mounts_are_unavailable_when_a_remote_layer_cannot_be_read() {
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
     match s.mounts("ns/2/container") {
         Err(SnapshotError::Unavailable(why)) => {
-            assert!(why.contains(l.layer_digest.as_str()), "{why}")
+            assert!(why.contains(&*l.layer_digest.as_str()), "{why}")
         }
         other => panic!("want Unavailable, got {other:?}"),
     }

@@ -75,7 +75,7 @@ fn skopeo_zstd_chunked_layer_reads_back_chunk_by_chunk() {
     );
     assert_eq!(toc.entries[1].mtime, (1_700_000_000, 0));
     assert_eq!(toc.entries[3].kind, EntryKind::Symlink);
-    assert_eq!(toc.entries[4].link_name, "etc/hello");
+    assert_eq!(*toc.entries[4].link_name(), "etc/hello");
 
     let files = tar_files();
     let mut zeros_chunks = 0;
@@ -83,25 +83,25 @@ fn skopeo_zstd_chunked_layer_reads_back_chunk_by_chunk() {
         let e = toc.entries.iter().find(|e| &e.name == name).unwrap();
         assert_eq!(e.size, want.len() as u64, "{name}");
         let mut got = Vec::new();
-        for c in &e.chunks {
+        for c in e.chunks() {
             assert!(c.offset <= c.end && c.end <= m.position.offset);
             if c.offset == c.end {
                 zeros_chunks += 1;
             }
             let span = &BLOB[c.offset as usize..c.end as usize];
-            got.extend(decode_verified(toc.compression, span, c, name).unwrap());
+            got.extend(decode_verified(toc.compression, span, &c, name).unwrap());
         }
         assert_eq!(&got, want, "{name}");
         if !want.is_empty() {
-            assert_eq!(e.digest, Some(Digest::sha256_of(want)), "{name}");
+            assert_eq!(e.digest(), Some(Digest::sha256_of(want)), "{name}");
         }
     }
     assert_eq!(files.len(), 4);
     let sparse = toc.entries.last().unwrap();
-    assert!(sparse.chunks.len() > 2, "{:?}", sparse.chunks);
+    assert!(sparse.chunk_count() > 2, "{:?}", sparse.chunks());
     assert_eq!(zeros_chunks, 1);
     // A flipped byte in a chunk's span is never served.
-    let c = &sparse.chunks[0];
+    let c = &sparse.chunk(0);
     let mut bad = BLOB[c.offset as usize..c.end as usize].to_vec();
     let mid = bad.len() / 2;
     bad[mid] ^= 1;

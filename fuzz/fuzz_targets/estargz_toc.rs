@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(toc) = parse_toc(data, toc_offset, Compression::Gzip) else { return };
     for e in &toc.entries {
         let mut at = 0;
-        for c in &e.chunks {
+        for c in e.chunks() {
             assert!(c.offset < c.end && c.end <= toc_offset);
             assert_eq!(c.file_offset, at);
             at += c.size;

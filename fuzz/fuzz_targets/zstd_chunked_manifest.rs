@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(toc) = parse_toc(data, toc_offset) {
         for e in &toc.entries {
             let mut at = 0u64;
-            for c in &e.chunks {
+            for c in e.chunks() {
                 assert!(c.offset <= c.end && c.end <= toc_offset);
                 assert!(c.digest.is_some());
                 assert_eq!(c.file_offset, at);

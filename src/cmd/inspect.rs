@@ -118,7 +118,7 @@ pub async fn run(a: InspectArgs) -> anyhow::Result<()> {
                 .get("annotations")
                 .and_then(|a| serde_json::from_value(a.clone()).ok())
                 .unwrap_or_default();
-            let toc = match read_toc(&src, &digest, size, &annotations).await {
+            let toc = match read_toc(&src, &digest, size, &annotations, 0).await {
                 Ok(t) => Some(t),
                 Err(TocError::NotLazy(_)) => None,
                 Err(TocError::Read(e)) => {
@@ -205,7 +205,7 @@ fn row(i: usize, digest: &Digest, size: u64, media_type: &str, toc: Option<&Laye
         r["format"] = json!(format);
         r["tocDigest"] = json!(t.toc_digest.to_string());
         r["entries"] = json!(t.toc.entries.len());
-        r["chunks"] = json!(t.toc.entries.iter().map(|e| e.chunks.len()).sum::<usize>());
+        r["chunks"] = json!(t.toc.entries.iter().map(|e| e.chunk_count()).sum::<usize>());
         r["landmark"] = json!(landmark);
     }
     r

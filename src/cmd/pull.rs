@@ -69,7 +69,7 @@ pub async fn run(a: PullArgs) -> anyhow::Result<()> {
             LayerOutcome::Fetched { bytes } => format!("fetched {}", human_bytes(bytes)),
         };
         let d = p.digest.as_str();
-        let short = d.get(..19).unwrap_or(d);
+        let short = d.get(..19).unwrap_or(&d);
         println!("layer {}/{} {short}… {what}", p.index + 1, p.count);
     })
     .await;

@@ -59,7 +59,7 @@ pub fn layers_label(key: &str, digests: &[Digest]) -> String {
         if !value.is_empty() {
             value.push(',');
         }
-        value.push_str(d.as_str());
+        value.push_str(&d.as_str());
     }
     value
 }

@@ -17,4 +17,4 @@ pub mod zstd_chunked;
 
 pub use crate::oci::rfc3339;
 pub use error::FormatError;
-pub use toc::{Chunk, Chunks, Compression, Entry, EntryKind, LinkName, Name, Toc, Xattrs};
+pub use toc::{Chunk, ChunkIter, Compression, Entry, EntryKind, LinkName, Name, Toc, Xattrs};

@@ -6,23 +6,29 @@
 //! when the tree is built, as GNU tar extracts); the parser does not merge.
 //!
 //! **Memory** (issue 6; `cargo bench --bench toc_memory`): a mounted layer
-//! keeps its whole TOC, so an [`Entry`] is kept small: 144 bytes inline
-//! (64-bit), its name as one exact allocation, no allocation at all for an
-//! absent link target, xattr map or digest, the chunk of a one-chunk file
-//! inline (no chunk vector), and the file and chunk [`Digest`] of such a file
-//! sharing one 88-byte allocation. A one-chunk regular file with a 45-byte
-//! name costs 144 + 45 + 88 = 277 heap bytes; a directory 144 + its name.
-//! Going much lower needs a different shape, not tighter fields: with a
-//! materialized [`Chunk`] per file (the `&[Chunk]` that readers index) and a
-//! [`Digest`] holding its 71-byte text, ~260 bytes is the floor.
+//! keeps its whole TOC, so an [`Entry`] is kept small: 136 bytes inline
+//! (64-bit), its name as one exact allocation, and nothing else on the heap
+//! for most files: the file [`Digest`] is its 32-byte value, inline; the
+//! chunk of a one-chunk file is stored as its blob span only (offset, end,
+//! inner offset, size: its file offset is 0 and its digest the file's);
+//! link target, device numbers and xattrs share one optional boxed record.
+//! A one-chunk regular file with a 45-byte name costs 136 + 45 = 181 heap
+//! bytes; a directory 136 + its name. Chunks are handed out by value
+//! ([`Entry::chunks`], [`Entry::chunk`]), built on demand without
+//! allocating.
 
-use std::collections::BTreeMap;
-use std::ffi::OsStr;
+mod chunks;
+#[cfg(test)]
+mod tests;
+mod text;
+
 use std::fmt;
-use std::ops::{Deref, DerefMut};
-use std::path::Path;
 
 use crate::oci::Digest;
+
+pub use chunks::ChunkIter;
+use chunks::ChunkStore;
+pub use text::{LinkName, Name, Xattrs};
 
 /// How the blob's members are compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +58,8 @@ pub enum EntryKind {
     Fifo,
 }
 
-/// One compressed span holding (part of) a regular file (48 bytes).
+/// One compressed span holding (part of) a regular file (80 bytes). An
+/// [`Entry`] hands its chunks out by value ([`Entry::chunk`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chunk {
     /// Blob offset of the member (gzip header / zstd frame) holding it.
@@ -68,13 +75,15 @@ pub struct Chunk {
     pub size: u64,
     /// `sha256` of the chunk's uncompressed bytes; `None` only when the
     /// TOC gives no per-chunk digest (verification then uses the file's).
-    /// For a one-chunk file the parsers share the file's [`Digest`] here.
+    /// For a one-chunk file the parsers put the file's digest here.
     pub digest: Option<Digest>,
 }
 
-/// One entry. 144 bytes inline on 64-bit targets (see the module docs for
-/// what it costs on the heap).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One entry. 136 bytes inline on 64-bit targets (see the module docs for
+/// what it costs on the heap). Made with [`Entry::new`]; the common
+/// attributes are fields, the rest (link target, device numbers, xattrs,
+/// file digest, chunks) go through accessors, which keep them compact.
+#[derive(Clone)]
 pub struct Entry {
     /// Root-relative clean path (`usr/bin/sh`; `""` for the root).
     pub name: Name,
@@ -90,19 +99,207 @@ pub struct Entry {
     pub gid: u32,
     /// Modification time: Unix seconds and nanoseconds.
     pub mtime: (i64, u32),
+    /// Link target, device numbers, xattrs; `None` when all are empty.
+    extra: Option<Box<Extra>>,
+    /// The sha256 value of the file's digest.
+    digest: Option<[u8; 32]>,
+    /// The chunks (their digests too when not the file's).
+    chunks: ChunkStore,
+}
+
+/// The fields few entries have.
+#[derive(Clone, Default, PartialEq, Eq)]
+struct Extra {
+    link_name: LinkName,
+    dev_major: u32,
+    dev_minor: u32,
+    xattrs: Xattrs,
+}
+
+static NO_EXTRA: Extra = Extra {
+    link_name: LinkName::NONE,
+    dev_major: 0,
+    dev_minor: 0,
+    xattrs: Xattrs::NONE,
+};
+
+impl Entry {
+    /// An entry named `name` (root-relative, clean) of type `kind`, with
+    /// every other attribute zero or empty: size 0, mode 0, uid/gid 0,
+    /// mtime (0, 0), no link target, device 0:0, no xattrs, no digest, no
+    /// chunks.
+    pub fn new(name: impl Into<Name>, kind: EntryKind) -> Entry {
+        Entry {
+            name: name.into(),
+            kind,
+            size: 0,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            mtime: (0, 0),
+            extra: None,
+            digest: None,
+            chunks: ChunkStore::default(),
+        }
+    }
+
+    fn extra(&self) -> &Extra {
+        self.extra.as_deref().unwrap_or(&NO_EXTRA)
+    }
+
+    fn extra_mut(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_default()
+    }
+
+    /// Drops the extra record when it holds nothing.
+    fn trim_extra(&mut self) {
+        if self.extra.as_deref() == Some(&NO_EXTRA) {
+            self.extra = None;
+        }
+    }
+
     /// Symlink target, or the clean name of a hardlink's target entry;
     /// empty for other kinds.
-    pub link_name: LinkName,
-    /// Device major (char/block).
-    pub dev_major: u32,
-    /// Device minor (char/block).
-    pub dev_minor: u32,
-    /// Extended attributes (raw bytes).
-    pub xattrs: Xattrs,
-    /// `sha256` of the whole file (regular files).
-    pub digest: Option<Digest>,
-    /// Chunks of a regular file in file order, covering `[0, size)`.
-    pub chunks: Chunks,
+    pub fn link_name(&self) -> &LinkName {
+        &self.extra().link_name
+    }
+
+    /// Sets the link target (see [`Entry::link_name`]).
+    pub fn set_link_name(&mut self, target: impl Into<LinkName>) {
+        self.extra_mut().link_name = target.into();
+        self.trim_extra();
+    }
+
+    /// Device major (char/block; 0 otherwise).
+    pub fn dev_major(&self) -> u32 {
+        self.extra().dev_major
+    }
+
+    /// Device minor (char/block; 0 otherwise).
+    pub fn dev_minor(&self) -> u32 {
+        self.extra().dev_minor
+    }
+
+    /// Sets the device numbers (char/block).
+    pub fn set_dev(&mut self, major: u32, minor: u32) {
+        let x = self.extra_mut();
+        (x.dev_major, x.dev_minor) = (major, minor);
+        self.trim_extra();
+    }
+
+    /// Extended attributes (raw bytes), name → value.
+    pub fn xattrs(&self) -> &Xattrs {
+        &self.extra().xattrs
+    }
+
+    /// The extended attributes, to change in place.
+    pub fn xattrs_mut(&mut self) -> &mut Xattrs {
+        &mut self.extra_mut().xattrs
+    }
+
+    /// Replaces the extended attributes.
+    pub fn set_xattrs(&mut self, xattrs: impl Into<Xattrs>) {
+        self.extra_mut().xattrs = xattrs.into();
+        self.trim_extra();
+    }
+
+    /// `sha256` of the whole file (regular files), by value (32 bytes, no
+    /// allocation).
+    pub fn digest(&self) -> Option<Digest> {
+        self.digest.map(Digest::from_sha256)
+    }
+
+    /// Sets the file digest; the chunks keep their own digests.
+    pub fn set_digest(&mut self, digest: Option<Digest>) {
+        let raw = digest.map(|d| *d.sha256());
+        if self.chunks.len() == 1 {
+            // A compactly stored chunk reads the file's digest: keep the
+            // chunk's own by storing it again beside the new file digest.
+            let c = self.chunk(0);
+            self.chunks = ChunkStore::new(vec![c], raw.as_ref());
+        }
+        self.digest = raw;
+    }
+
+    /// Sets the chunks of a regular file: in file order, covering
+    /// `[0, size)` (the parsers check that). With [`Entry::set_digest`],
+    /// in either order.
+    pub fn set_chunks(&mut self, chunks: Vec<Chunk>) {
+        self.chunks = ChunkStore::new(chunks, self.digest.as_ref());
+    }
+
+    /// The chunks in file order, by value.
+    pub fn chunks(&self) -> ChunkIter<'_> {
+        ChunkIter::new(self, self.chunks.len())
+    }
+
+    /// How many chunks the file has (0 for other kinds and empty files).
+    pub fn chunk_count(&self) -> usize {
+        self.chunks.len()
+    }
+
+    /// Chunk `k` (in file order), or `None` past the last.
+    pub fn get_chunk(&self, k: usize) -> Option<Chunk> {
+        self.chunks.get(k, self.digest.as_ref())
+    }
+
+    /// Chunk `k` (in file order).
+    ///
+    /// # Panics
+    /// When `k >= self.chunk_count()`, as indexing a slice would.
+    pub fn chunk(&self, k: usize) -> Chunk {
+        match self.get_chunk(k) {
+            Some(c) => c,
+            None => panic!(
+                "chunk {k} of {:?}, which has {}",
+                self.name,
+                self.chunk_count()
+            ),
+        }
+    }
+
+    /// The index of the chunk holding byte `pos` of the file: the last
+    /// chunk starting at or before `pos`, when it reaches past `pos`;
+    /// `None` when no chunk covers `pos`.
+    pub fn chunk_at(&self, pos: u64) -> Option<usize> {
+        self.chunks.index_at(pos)
+    }
+}
+
+impl PartialEq for Entry {
+    /// Attribute by attribute, chunks by value (however stored).
+    fn eq(&self, o: &Entry) -> bool {
+        self.name == o.name
+            && self.kind == o.kind
+            && self.size == o.size
+            && (self.mode, self.uid, self.gid, self.mtime) == (o.mode, o.uid, o.gid, o.mtime)
+            && self.extra() == o.extra()
+            && self.digest == o.digest
+            && self.chunks().eq(o.chunks())
+    }
+}
+
+impl Eq for Entry {}
+
+impl fmt::Debug for Entry {
+    /// As a struct of every attribute, the chunks as a list.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Entry")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("size", &self.size)
+            .field("mode", &self.mode)
+            .field("uid", &self.uid)
+            .field("gid", &self.gid)
+            .field("mtime", &self.mtime)
+            .field("link_name", self.link_name())
+            .field("dev_major", &self.dev_major())
+            .field("dev_minor", &self.dev_minor())
+            .field("xattrs", self.xattrs())
+            .field("digest", &self.digest())
+            .field("chunks", &self.chunks())
+            .finish()
+    }
 }
 
 /// A parsed, validated table of contents.
@@ -112,274 +309,6 @@ pub struct Toc {
     pub compression: Compression,
     /// Entries in blob order.
     pub entries: Vec<Entry>,
-}
-
-/// What [`Name`] and [`LinkName`] share: they read as `str` (deref,
-/// comparisons with `str`/`&str`/`String`, `Display`, `Debug` as a string,
-/// `AsRef<str | OsStr | Path>`) and are made from `String` or `&str`.
-macro_rules! str_like {
-    ($t:ident) => {
-        impl Deref for $t {
-            type Target = str;
-            fn deref(&self) -> &str {
-                self.as_str()
-            }
-        }
-        impl AsRef<str> for $t {
-            fn as_ref(&self) -> &str {
-                self.as_str()
-            }
-        }
-        impl AsRef<OsStr> for $t {
-            fn as_ref(&self) -> &OsStr {
-                OsStr::new(self.as_str())
-            }
-        }
-        impl AsRef<Path> for $t {
-            fn as_ref(&self) -> &Path {
-                Path::new(self.as_str())
-            }
-        }
-        impl std::borrow::Borrow<str> for $t {
-            fn borrow(&self) -> &str {
-                self.as_str()
-            }
-        }
-        impl fmt::Display for $t {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-        impl fmt::Debug for $t {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                fmt::Debug::fmt(self.as_str(), f)
-            }
-        }
-        impl PartialEq<str> for $t {
-            fn eq(&self, o: &str) -> bool {
-                self.as_str() == o
-            }
-        }
-        impl PartialEq<&str> for $t {
-            fn eq(&self, o: &&str) -> bool {
-                self.as_str() == *o
-            }
-        }
-        impl PartialEq<String> for $t {
-            fn eq(&self, o: &String) -> bool {
-                self.as_str() == o
-            }
-        }
-        impl PartialEq<$t> for str {
-            fn eq(&self, o: &$t) -> bool {
-                self == o.as_str()
-            }
-        }
-        impl PartialEq<$t> for &str {
-            fn eq(&self, o: &$t) -> bool {
-                *self == o.as_str()
-            }
-        }
-        impl PartialEq<$t> for String {
-            fn eq(&self, o: &$t) -> bool {
-                self == o.as_str()
-            }
-        }
-        impl From<&str> for $t {
-            fn from(s: &str) -> $t {
-                $t::from(s.to_string())
-            }
-        }
-    };
-}
-
-/// An entry's name: a `str` in one exact-size allocation (16 bytes inline,
-/// against 24 for a `String`). Reads as `str` (see [`Entry::name`]).
-#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Name(Box<str>);
-
-impl Name {
-    /// The name as a string slice.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl From<String> for Name {
-    fn from(s: String) -> Name {
-        Name(s.into_boxed_str())
-    }
-}
-
-str_like!(Name);
-
-/// A link target: 8 bytes inline and no allocation when empty (every entry
-/// but symlinks and hardlinks); reads as `str` like [`Name`].
-#[derive(Clone, Default)]
-pub struct LinkName(Option<Box<Box<str>>>);
-
-impl LinkName {
-    /// The target as a string slice (`""` when there is none).
-    pub fn as_str(&self) -> &str {
-        self.0.as_deref().map_or("", |s| s)
-    }
-}
-
-impl From<String> for LinkName {
-    fn from(s: String) -> LinkName {
-        LinkName((!s.is_empty()).then(|| Box::new(s.into_boxed_str())))
-    }
-}
-
-impl PartialEq for LinkName {
-    fn eq(&self, o: &LinkName) -> bool {
-        self.as_str() == o.as_str()
-    }
-}
-
-impl Eq for LinkName {}
-
-impl PartialOrd for LinkName {
-    fn partial_cmp(&self, o: &LinkName) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-
-impl Ord for LinkName {
-    fn cmp(&self, o: &LinkName) -> std::cmp::Ordering {
-        self.as_str().cmp(o.as_str())
-    }
-}
-
-impl std::hash::Hash for LinkName {
-    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        self.as_str().hash(h)
-    }
-}
-
-str_like!(LinkName);
-
-/// Extended attributes, name → raw value: 8 bytes inline and no allocation
-/// when there are none (most entries). Derefs to the map (an empty one when
-/// there are none); mutable access creates the map.
-#[derive(Clone, Default)]
-// The box is the point: 8 bytes inline for the many entries without xattrs,
-// against 24 for a bare (even empty) map.
-#[allow(clippy::box_collection)]
-pub struct Xattrs(Option<Box<BTreeMap<String, Vec<u8>>>>);
-
-static NO_XATTRS: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-
-impl Deref for Xattrs {
-    type Target = BTreeMap<String, Vec<u8>>;
-    fn deref(&self) -> &Self::Target {
-        self.0.as_deref().unwrap_or(&NO_XATTRS)
-    }
-}
-
-impl DerefMut for Xattrs {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        self.0.get_or_insert_default()
-    }
-}
-
-impl From<BTreeMap<String, Vec<u8>>> for Xattrs {
-    fn from(m: BTreeMap<String, Vec<u8>>) -> Xattrs {
-        Xattrs((!m.is_empty()).then(|| Box::new(m)))
-    }
-}
-
-impl FromIterator<(String, Vec<u8>)> for Xattrs {
-    fn from_iter<I: IntoIterator<Item = (String, Vec<u8>)>>(it: I) -> Xattrs {
-        Xattrs::from(it.into_iter().collect::<BTreeMap<_, _>>())
-    }
-}
-
-impl PartialEq for Xattrs {
-    fn eq(&self, o: &Xattrs) -> bool {
-        **self == **o
-    }
-}
-
-impl Eq for Xattrs {}
-
-impl fmt::Debug for Xattrs {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&**self, f)
-    }
-}
-
-/// A regular file's chunks: derefs to `[Chunk]`. One chunk (most files) is
-/// held inline, without an allocation; more are one exact-size allocation.
-#[derive(Clone)]
-pub struct Chunks(ChunkRepr);
-
-#[derive(Clone)]
-enum ChunkRepr {
-    One(Chunk),
-    Many(Box<[Chunk]>),
-}
-
-impl Default for Chunks {
-    fn default() -> Chunks {
-        Chunks(ChunkRepr::Many(Box::default()))
-    }
-}
-
-impl Deref for Chunks {
-    type Target = [Chunk];
-    fn deref(&self) -> &[Chunk] {
-        match &self.0 {
-            ChunkRepr::One(c) => std::slice::from_ref(c),
-            ChunkRepr::Many(cs) => cs,
-        }
-    }
-}
-
-impl DerefMut for Chunks {
-    fn deref_mut(&mut self) -> &mut [Chunk] {
-        match &mut self.0 {
-            ChunkRepr::One(c) => std::slice::from_mut(c),
-            ChunkRepr::Many(cs) => cs,
-        }
-    }
-}
-
-impl From<Vec<Chunk>> for Chunks {
-    fn from(mut v: Vec<Chunk>) -> Chunks {
-        match v.len() {
-            1 => Chunks(ChunkRepr::One(v.remove(0))),
-            _ => Chunks(ChunkRepr::Many(v.into_boxed_slice())),
-        }
-    }
-}
-
-impl FromIterator<Chunk> for Chunks {
-    fn from_iter<I: IntoIterator<Item = Chunk>>(it: I) -> Chunks {
-        Chunks::from(it.into_iter().collect::<Vec<_>>())
-    }
-}
-
-impl<'a> IntoIterator for &'a Chunks {
-    type Item = &'a Chunk;
-    type IntoIter = std::slice::Iter<'a, Chunk>;
-    fn into_iter(self) -> Self::IntoIter {
-        self.iter()
-    }
-}
-
-impl PartialEq for Chunks {
-    fn eq(&self, o: &Chunks) -> bool {
-        **self == **o
-    }
-}
-
-impl Eq for Chunks {}
-
-impl fmt::Debug for Chunks {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&**self, f)
-    }
 }
 
 /// Cleans a tar name to a root-relative path: drops `./` and leading `/`,
@@ -404,104 +333,4 @@ pub fn clean_name(raw: &str) -> Result<String, String> {
         }
     }
     Ok(parts.join("/"))
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::BTreeMap;
-    use std::path::PathBuf;
-
-    use super::*;
-
-    fn chunk(file_offset: u64, size: u64) -> Chunk {
-        Chunk {
-            offset: 100 + file_offset,
-            end: 200 + file_offset,
-            inner_offset: 0,
-            file_offset,
-            size,
-            digest: Some(Digest::sha256_of(&file_offset.to_le_bytes())),
-        }
-    }
-
-    #[cfg(target_pointer_width = "64")]
-    #[test]
-    fn entries_stay_small() {
-        use std::mem::size_of;
-        assert_eq!(size_of::<Entry>(), 144);
-        assert_eq!(size_of::<Chunk>(), 48);
-        assert_eq!(size_of::<Chunks>(), 56);
-        assert_eq!(size_of::<Name>(), 16);
-        assert_eq!(size_of::<LinkName>(), 8);
-        assert_eq!(size_of::<Xattrs>(), 8);
-    }
-
-    #[test]
-    fn names_and_link_names_read_as_str() {
-        let n = Name::from("usr/bin/sh");
-        assert_eq!(n, "usr/bin/sh");
-        assert_eq!(n, *"usr/bin/sh");
-        assert_eq!(n, "usr/bin/sh".to_string());
-        assert_eq!("usr/bin/sh", n);
-        assert_eq!(n.as_str().len(), 10);
-        assert!(n.starts_with("usr/"));
-        assert_eq!(format!("{n} {n:?}"), "usr/bin/sh \"usr/bin/sh\"");
-        assert_eq!(PathBuf::from(&n), PathBuf::from("usr/bin/sh"));
-        let none = LinkName::default();
-        assert_eq!(none.as_str(), "");
-        assert_eq!(none, LinkName::from(String::new()));
-        assert!(none.0.is_none(), "an empty target allocates nothing");
-        let l = LinkName::from("../lib/libc.so");
-        assert_eq!(l, "../lib/libc.so");
-        assert_eq!(l.len(), 14);
-        assert!(l > none);
-        assert_eq!(format!("{l:?}"), "\"../lib/libc.so\"");
-    }
-
-    #[test]
-    fn xattrs_allocate_only_when_present() {
-        let mut x = Xattrs::default();
-        assert!(x.is_empty() && x.0.is_none());
-        assert_eq!(x, Xattrs::from(BTreeMap::new()));
-        x.insert("user.a".into(), vec![1, 2]);
-        assert_eq!(x["user.a"], [1, 2]);
-        assert_eq!(x.keys().collect::<Vec<_>>(), ["user.a"]);
-        let y: Xattrs = [("user.a".to_string(), vec![1, 2])].into_iter().collect();
-        assert_eq!(x, y);
-        x.clear();
-        assert_eq!(x, Xattrs::default(), "an emptied map equals none");
-        assert_eq!(format!("{y:?}"), r#"{"user.a": [1, 2]}"#);
-    }
-
-    #[test]
-    fn chunks_deref_to_a_slice_in_any_count() {
-        for n in 0..4u64 {
-            let v: Vec<Chunk> = (0..n).map(|k| chunk(k * 10, 10)).collect();
-            let mut c = Chunks::from(v.clone());
-            assert_eq!(&c[..], &v[..], "{n} chunks");
-            assert_eq!(format!("{c:?}"), format!("{v:?}"));
-            assert_eq!(c.iter().count() as u64, n);
-            assert_eq!((&c).into_iter().map(|c| c.size).sum::<u64>(), n * 10);
-            if let Some(first) = c.first_mut() {
-                first.end = 7;
-            }
-            assert_eq!(c.first().map(|c| c.end), (n > 0).then_some(7));
-        }
-        assert_eq!(Chunks::default().len(), 0);
-        assert_eq!(
-            Chunks::from(vec![chunk(0, 1)]),
-            [chunk(0, 1)].into_iter().collect::<Chunks>()
-        );
-        assert_ne!(Chunks::from(vec![chunk(0, 1)]), Chunks::default());
-    }
-
-    #[test]
-    fn names_are_cleaned() {
-        assert_eq!(clean_name("./usr/bin/").unwrap(), "usr/bin");
-        assert_eq!(clean_name("/a//b/./c").unwrap(), "a/b/c");
-        assert_eq!(clean_name("./").unwrap(), "");
-        assert_eq!(clean_name("a/../b").unwrap(), "b");
-        assert!(clean_name("../etc/passwd").is_err());
-        assert!(clean_name("a/\0").is_err());
-    }
 }

@@ -221,7 +221,7 @@ impl<'a> Builder<'a> {
                 }
                 (u32_of(i), EntryKind::Dir)
             }
-            TocKind::Hardlink => match self.find(&e.link_name) {
+            TocKind::Hardlink => match self.find(e.link_name()) {
                 Some(t)
                     if !matches!(
                         self.nodes[t as usize].kind,
@@ -233,7 +233,7 @@ impl<'a> Builder<'a> {
                 _ => {
                     tracing::warn!(
                         name = full,
-                        target = e.link_name.as_str(),
+                        target = e.link_name().as_str(),
                         "hardlink target missing, skipped"
                     );
                     return;
@@ -393,7 +393,7 @@ impl RemoteTree {
         let size = match (n.kind, e) {
             (EntryKind::Dir, _) => DIR_SIZE,
             (EntryKind::File, Some(e)) => e.size,
-            (EntryKind::Symlink, Some(e)) => e.link_name.len() as u64,
+            (EntryKind::Symlink, Some(e)) => e.link_name().len() as u64,
             _ => 0,
         };
         let mtime = e.map_or(SystemTime::UNIX_EPOCH, |e| {
@@ -408,7 +408,7 @@ impl RemoteTree {
         };
         let rdev = match (n.kind, e) {
             (EntryKind::CharDev | EntryKind::BlockDev, Some(e)) => {
-                libc::makedev(e.dev_major, e.dev_minor)
+                libc::makedev(e.dev_major(), e.dev_minor())
             }
             _ => 0,
         };
@@ -474,9 +474,9 @@ impl RemoteTree {
     /// The target of the symlink `rel`.
     pub(crate) fn read_link(&self, rel: &Path) -> Result<PathBuf, FsError> {
         match self.get(rel) {
-            Some(n) if n.kind == EntryKind::Symlink => {
-                Ok(PathBuf::from(&self.toc.entries[n.entry as usize].link_name))
-            }
+            Some(n) if n.kind == EntryKind::Symlink => Ok(PathBuf::from(
+                self.toc.entries[n.entry as usize].link_name(),
+            )),
             Some(_) => Err(self.missing("readlink", rel, libc::EINVAL)),
             None => Err(self.missing("readlink", rel, libc::ENOENT)),
         }
@@ -489,7 +489,11 @@ impl RemoteTree {
         let n = self
             .get(rel)
             .ok_or_else(|| self.missing("listxattr", rel, libc::ENOENT))?;
-        Ok(self.toc.entries.get(n.entry as usize).map(|e| &*e.xattrs))
+        Ok(self
+            .toc
+            .entries
+            .get(n.entry as usize)
+            .map(|e| &**e.xattrs()))
     }
 
     /// The xattr names of `rel`.

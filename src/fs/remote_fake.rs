@@ -110,21 +110,10 @@ impl TocBuilder {
     }
 
     fn push(&mut self, name: &str, kind: EntryKind, mode: u32) -> &mut Self {
-        self.entries.push(Entry {
-            name: name.into(),
-            kind,
-            size: 0,
-            mode,
-            uid: 0,
-            gid: 0,
-            mtime: (1_700_000_000, 0),
-            link_name: Default::default(),
-            dev_major: 0,
-            dev_minor: 0,
-            xattrs: Default::default(),
-            digest: None,
-            chunks: Default::default(),
-        });
+        let mut e = Entry::new(name, kind);
+        e.mode = mode;
+        e.mtime = (1_700_000_000, 0);
+        self.entries.push(e);
         self.data.push(Vec::new());
         self
     }
@@ -154,8 +143,8 @@ impl TocBuilder {
         }
         let e = self.entries.last_mut().unwrap();
         e.size = data.len() as u64;
-        e.digest = (!data.is_empty()).then(|| Digest::sha256_of(data));
-        e.chunks = chunks.into();
+        e.set_digest((!data.is_empty()).then(|| Digest::sha256_of(data)));
+        e.set_chunks(chunks);
         *self.data.last_mut().unwrap() = bytes;
         self
     }
@@ -163,14 +152,14 @@ impl TocBuilder {
     /// A symlink to `target`.
     pub(crate) fn symlink(&mut self, name: &str, target: &str) -> &mut Self {
         self.push(name, EntryKind::Symlink, 0o777);
-        self.entries.last_mut().unwrap().link_name = target.into();
+        self.entries.last_mut().unwrap().set_link_name(target);
         self
     }
 
     /// A hardlink to the entry named `target`.
     pub(crate) fn hardlink(&mut self, name: &str, target: &str) -> &mut Self {
         self.push(name, EntryKind::Hardlink, 0o644);
-        self.entries.last_mut().unwrap().link_name = target.into();
+        self.entries.last_mut().unwrap().set_link_name(target);
         self
     }
 
@@ -178,8 +167,7 @@ impl TocBuilder {
     pub(crate) fn special(&mut self, name: &str, kind: EntryKind, maj: u32, min: u32) -> &mut Self {
         self.push(name, kind, 0o600);
         let e = self.entries.last_mut().unwrap();
-        e.dev_major = maj;
-        e.dev_minor = min;
+        e.set_dev(maj, min);
         self
     }
 
@@ -217,7 +205,7 @@ impl TocBuilder {
             .build()
             .unwrap();
         for (e, chunks) in self.entries.iter().zip(&self.data) {
-            for (c, bytes) in e.chunks.iter().zip(chunks) {
+            for (c, bytes) in e.chunks().zip(chunks) {
                 let key = c.digest.clone().unwrap();
                 let b = bytes.clone();
                 rt.block_on(cache.get_or_fetch(&key, async move { Ok::<_, CacheMismatch>(b) }))

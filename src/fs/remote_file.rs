@@ -33,7 +33,7 @@ use bytes::Bytes;
 use super::FsError;
 use super::backing::EntryAttr;
 use crate::cache::ChunkCache;
-use crate::format::{Chunk, Toc};
+use crate::format::{Chunk, ChunkIter, Entry, Toc};
 
 /// Chunks handed to [`ChunkReader::prefetch`] when a read reaches a chunk's end.
 pub const READAHEAD_CHUNKS: usize = 2;
@@ -104,11 +104,16 @@ impl RemoteFile {
         self.attr.size
     }
 
-    pub(super) fn chunks(&self) -> &[Chunk] {
+    pub(super) fn chunks(&self) -> ChunkIter<'_> {
         self.toc
             .entries
             .get(self.entry)
-            .map_or(&[][..], |e| &e.chunks)
+            .map_or_else(ChunkIter::default, Entry::chunks)
+    }
+
+    /// Chunk `k` of the file (panics past the last, as indexing would).
+    fn chunk(&self, k: usize) -> Chunk {
+        self.toc.entries[self.entry].chunk(k)
     }
 
     /// The verified bytes of chunk `k`, exactly `size` of them.
@@ -137,11 +142,14 @@ impl RemoteFile {
 
     /// The index of the chunk holding byte `pos`.
     fn chunk_at(&self, pos: u64) -> Result<usize, FsError> {
-        let chunks = self.chunks();
-        let k = chunks.partition_point(|c| c.file_offset <= pos);
-        match k.checked_sub(1) {
-            Some(k) if chunks[k].file_offset + chunks[k].size > pos => Ok(k),
-            _ => Err(eio(
+        match self
+            .toc
+            .entries
+            .get(self.entry)
+            .and_then(|e| e.chunk_at(pos))
+        {
+            Some(k) => Ok(k),
+            None => Err(eio(
                 "read remote file",
                 &self.path,
                 format!("no chunk of entry {} covers offset {pos}", self.entry),
@@ -157,9 +165,8 @@ impl RemoteFile {
     /// Readahead after a read that ended at `end`, in chunk `k`: when it
     /// reached the chunk's end, the next [`READAHEAD_CHUNKS`] chunks.
     fn read_ahead(&self, k: usize, end: u64) {
-        let chunks = self.chunks();
-        let n = chunks.len();
-        if k + 1 < n && chunks[k].file_offset + chunks[k].size == end {
+        let n = self.chunks().len();
+        if k + 1 < n && self.chunk(k).file_offset + self.chunk(k).size == end {
             let next: Vec<(usize, usize)> = (k + 1..n.min(k + 1 + READAHEAD_CHUNKS))
                 .map(|c| (self.entry, c))
                 .collect();
@@ -183,7 +190,7 @@ impl RemoteFile {
         if first != last {
             return Ok(None);
         }
-        let c = &self.chunks()[first];
+        let c = &self.chunk(first);
         let data = self.chunk_bytes(first, c)?;
         self.read_ahead(first, end);
         Ok(Some(data.slice(
@@ -214,7 +221,7 @@ impl RemoteFile {
         let mut k = 0;
         while pos < end {
             k = self.chunk_at(pos)?;
-            let c = &self.chunks()[k];
+            let c = &self.chunk(k);
             let data = self.chunk_bytes(k, c)?;
             let to = end.min(c.file_offset + c.size);
             let src = &data[usize_of(pos - c.file_offset)..usize_of(to - c.file_offset)];
@@ -237,7 +244,7 @@ impl RemoteFile {
         let all: Vec<(usize, usize)> = (0..chunks.len()).map(|k| (self.entry, k)).collect();
         self.reader.prefetch(&all);
         let mut next = 0u64;
-        for (k, c) in chunks.iter().enumerate() {
+        for (k, c) in chunks.enumerate() {
             if c.size == 0 {
                 continue;
             }
@@ -248,7 +255,7 @@ impl RemoteFile {
                     format!("chunk {k} of entry {} does not start at {next}", self.entry),
                 ));
             }
-            let data = self.chunk_bytes(k, c)?;
+            let data = self.chunk_bytes(k, &c)?;
             dst.write_all_at(&data, c.file_offset)
                 .map_err(FsError::io_at("copy-up", dst_path))?;
             next = c.file_offset + c.size;

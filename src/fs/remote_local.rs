@@ -65,7 +65,7 @@ impl RemoteFile {
             return None;
         }
         let cache = self.reader.cache()?.clone();
-        let key = self.toc.entries.get(self.entry)?.digest.clone()?;
+        let key = self.toc.entries.get(self.entry)?.digest()?;
         let inline = size <= ASSEMBLE_INLINE_MAX;
         if inline || cache.file_verified(&key) {
             if let Some(f) = cache.open_file(&key) {
@@ -78,7 +78,6 @@ impl RemoteFile {
         }
         let all_cached = self
             .chunks()
-            .iter()
             .all(|c| c.digest.as_ref().is_some_and(|d| cache.contains(d)));
         if !all_cached {
             return None;
@@ -96,7 +95,7 @@ impl RemoteFile {
         let size = self.attr.size;
         let mut fill = |w: &mut dyn Write| -> io::Result<()> {
             let mut next = 0u64;
-            for (k, c) in self.chunks().iter().enumerate() {
+            for (k, c) in self.chunks().enumerate() {
                 if c.size == 0 {
                     continue;
                 }
@@ -106,7 +105,7 @@ impl RemoteFile {
                         c.file_offset
                     )));
                 }
-                let data = self.chunk_bytes(k, c).map_err(io::Error::other)?;
+                let data = self.chunk_bytes(k, &c).map_err(io::Error::other)?;
                 w.write_all(&data)?;
                 next += c.size;
             }

@@ -228,8 +228,9 @@ fn b10_b12_modes_xattrs_symlinks_devices() {
         .with(|e| e.gid = 50)
         .file("cap-bin", 0o755, b"c")
         .with(|e| {
-            e.xattrs.insert("security.capability".into(), cap.to_vec());
-            e.xattrs.insert("user.bin".into(), vec![0, 255, 1]);
+            e.xattrs_mut()
+                .insert("security.capability".into(), cap.to_vec());
+            e.xattrs_mut().insert("user.bin".into(), vec![0, 255, 1]);
             e.uid = 1000;
             e.mtime = (1_600_000_000, 123);
         })
@@ -417,7 +418,7 @@ fn copy_entry_of_a_remote_file_writes_all_chunks() {
     let mut b = TocBuilder::new(1000);
     b.file("d/f", 0o4755, &data).with(|e| {
         e.uid = 1000;
-        e.xattrs.insert("user.k".into(), b"v".to_vec());
+        e.xattrs_mut().insert("user.k".into(), b"v".to_vec());
     });
     let (l, reader) = remote("copy", &b);
     let t = tempfile::tempdir().unwrap();

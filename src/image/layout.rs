@@ -164,7 +164,8 @@ impl Layout {
 
     /// Where a blob lives (whether or not it exists).
     pub fn blob_path(&self, d: &Digest) -> PathBuf {
-        let (alg, hex) = d.as_str().split_once(':').unwrap_or(("sha256", d.hex()));
+        let (text, hex) = (d.as_str(), d.hex());
+        let (alg, hex) = text.split_once(':').unwrap_or(("sha256", &hex));
         self.dir.join("blobs").join(alg).join(hex)
     }
 

@@ -153,7 +153,7 @@ impl Source {
         match self {
             Source::Registry { client, reference } => {
                 let raw = client
-                    .fetch_raw_manifest(reference, digest.as_str())
+                    .fetch_raw_manifest(reference, &digest.as_str())
                     .await
                     .map_err(|e| self.reg(e))?;
                 Ok(Doc {

@@ -7,6 +7,10 @@
 //!   fits), a second for the TOC otherwise; the JSON is checked against the annotation.
 //! - zstd:chunked: one range read of the compressed TOC the position annotation names,
 //!   checked against the checksum annotation before it is decompressed.
+//! - A small blob (at most the caller's `whole_limit` bytes, or within the tail read) is
+//!   read whole in that one request instead, and handed back ([`LayerToc::blob`]) so its
+//!   chunks need no request of their own: on a link with a long round trip, a few
+//!   requests cost more than the bytes of a small layer.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -50,6 +54,11 @@ pub struct LayerToc {
     pub toc_offset: u64,
     /// The parsed TOC.
     pub toc: Toc,
+    /// The whole blob, when it was read whole (see the module doc). Its bytes are not
+    /// verified as a whole (the TOC is, and each chunk is when it is decoded).
+    pub blob: Option<Bytes>,
+    /// The bytes received by each range read this took (one or two reads).
+    pub fetched: Vec<u64>,
 }
 
 /// Why a TOC could not be had.
@@ -65,7 +74,8 @@ pub enum TocError {
 }
 
 /// Reads and verifies the TOC of blob `digest` (`size` bytes, descriptor `annotations`)
-/// of `src`.
+/// of `src`. A blob of at most `whole_limit` bytes (0 = none) is read whole, in one
+/// request, and returned in [`LayerToc::blob`]; so is one that fits in the tail read.
 ///
 /// # Errors
 /// [`TocError::Read`] for failed reads, [`TocError::NotLazy`] for everything else.
@@ -74,8 +84,10 @@ pub async fn read_toc(
     digest: &Digest,
     size: u64,
     annotations: &HashMap<String, String>,
+    whole_limit: u64,
 ) -> Result<LayerToc, TocError> {
     let not_lazy = |e: String| TocError::NotLazy(e);
+    let whole = size <= whole_limit;
     let Some(toc_digest) = annotations.get(STARGZ_TOC_DIGEST) else {
         let mref = zstd_chunked::ManifestRef::from_annotations(annotations)
             .map_err(|e| not_lazy(format!("zstd:chunked annotations: {e}")))?
@@ -95,28 +107,55 @@ pub async fn read_toc(
                     pos.offset, pos.compressed_len
                 ))
             })?;
-        let compressed = src.read_range(digest, pos.offset, end).await?;
+        let (compressed, blob) = if whole {
+            let blob = src.read_range(digest, 0, size).await?;
+            if (blob.len() as u64) < end {
+                return Err(not_lazy(format!(
+                    "a read of the whole blob ({size} bytes) returned {} bytes",
+                    blob.len()
+                )));
+            }
+            (blob.slice(pos.offset as usize..end as usize), Some(blob))
+        } else {
+            (src.read_range(digest, pos.offset, end).await?, None)
+        };
         let toc = zstd_chunked::open_toc(&compressed, &mref.checksum, pos.offset)
             .map_err(|e| not_lazy(e.to_string()))?;
+        let fetched = vec![blob.as_ref().map_or(compressed.len(), Bytes::len) as u64];
         return Ok(LayerToc {
             kind: TocKind::ZstdChunked,
             toc_digest: mref.checksum,
             anchored: compressed.to_vec(),
             toc_offset: pos.offset,
             toc,
+            blob,
+            fetched,
         });
     };
     let toc_digest: Digest = toc_digest
         .parse()
         .map_err(|e| not_lazy(format!("{STARGZ_TOC_DIGEST}: {e}")))?;
-    let tail_start = size.saturating_sub(TAIL_BYTES);
+    let tail_start = if whole {
+        0
+    } else {
+        size.saturating_sub(TAIL_BYTES)
+    };
     let tail = src.read_range(digest, tail_start, size).await?;
+    if tail.len() as u64 != size - tail_start {
+        return Err(not_lazy(format!(
+            "a read of blob bytes [{tail_start}, {size}) returned {} bytes",
+            tail.len()
+        )));
+    }
     let footer = footer::parse(&tail, size).map_err(|e| not_lazy(e.to_string()))?;
     let (start, end) = footer.toc_range(size);
+    let mut fetched = vec![tail.len() as u64];
     let toc_bytes: Bytes = if start >= tail_start {
         tail.slice((start - tail_start) as usize..(end - tail_start) as usize)
     } else {
-        src.read_range(digest, start, end).await?
+        let b = src.read_range(digest, start, end).await?;
+        fetched.push(b.len() as u64);
+        b
     };
     let json = match footer.compression() {
         Compression::Gzip => toc_json_from_gzip_member(&toc_bytes),
@@ -132,6 +171,8 @@ pub async fn read_toc(
         anchored: json,
         toc_offset: footer.toc_offset,
         toc,
+        blob: (tail_start == 0).then_some(tail),
+        fetched,
     })
 }
 

@@ -40,7 +40,7 @@ fn layer_fetches_are_counted_per_layer_and_source() {
     assert_eq!(s("registry_fetch_bytes", L2, "whole"), Some(777.0));
     assert_eq!(s("registry_fetch_requests", L2, "read"), Some(0.0));
     assert!(t.contains("# TYPE lazysnap_registry_fetch_bytes_total counter\n"));
-    assert!(t.contains("# HELP lazysnap_registry_fetch_bytes_total Compressed bytes"));
+    assert!(t.contains("# HELP lazysnap_registry_fetch_bytes_total Compressed layer blob bytes"));
 }
 
 #[test]
@@ -222,6 +222,6 @@ fn global_fuse_op_records_in_the_process_metrics() {
     assert!(n >= Some(1.0), "{t}");
     assert_eq!(
         FetchSource::ALL.map(FetchSource::as_str).join(","),
-        "read,readahead,prefetch,background,whole"
+        "read,readahead,prefetch,background,whole,toc"
     );
 }

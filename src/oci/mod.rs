@@ -5,4 +5,4 @@ pub mod digest;
 pub mod labels;
 pub mod rfc3339;
 
-pub use digest::Digest;
+pub use digest::{Digest, DigestText};

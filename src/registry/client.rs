@@ -250,8 +250,8 @@ impl RegistryClient {
         r: &Reference,
         digest: &Digest,
     ) -> Result<Resolved, RegistryError> {
-        let target = manifest_target(r, digest.as_str());
-        let (media_type, kind, bytes) = self.get_manifest(r, digest.as_str(), &target).await?;
+        let target = manifest_target(r, &digest.as_str());
+        let (media_type, kind, bytes) = self.get_manifest(r, &digest.as_str(), &target).await?;
         let actual = Digest::sha256_of(&bytes);
         if actual != *digest {
             return Err(RegistryError::DigestMismatch {

@@ -255,8 +255,8 @@ pub enum RegistryError {
     NoMatchingPlatform {
         /// The platform searched for, e.g. `linux/amd64`.
         platform: String,
-        /// The index's digest.
-        index: Digest,
+        /// The index's digest (boxed: keeps the error small).
+        index: Box<Digest>,
         /// Registry.
         registry: String,
         /// Repository.

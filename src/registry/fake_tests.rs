@@ -451,7 +451,7 @@ async fn index_resolution_and_manifest_checks() {
     let lie = Digest::sha256_of(b"other");
     let fake = Fake::start(move |req| {
         assert!(req.header("accept").unwrap().contains(manifest::OCI_INDEX));
-        if req.path.ends_with("/manifests/1") || req.path.ends_with(lie.as_str()) {
+        if req.path.ends_with("/manifests/1") || req.path.ends_with(&*lie.as_str()) {
             resp(200)
                 .header("Content-Type", manifest::OCI_INDEX)
                 .body(mi.clone())

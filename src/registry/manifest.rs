@@ -238,7 +238,7 @@ pub fn select_platform(
         };
         return Err(RegistryError::NoMatchingPlatform {
             platform: platform.to_string(),
-            index: index_digest.clone(),
+            index: Box::new(index_digest.clone()),
             registry,
             repository,
             available: if available.is_empty() {

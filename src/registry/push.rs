@@ -133,7 +133,7 @@ impl RegistryClient {
             .retrying(&p.target, || async move {
                 let mut url = p.ep.url(&r.repository, "blobs/uploads/");
                 url.query_pairs_mut()
-                    .append_pair("mount", digest.as_str())
+                    .append_pair("mount", &digest.as_str())
                     .append_pair("from", from_repository);
                 let (resp, url) = p.send(Method::POST, url, HeaderMap::new(), Some(Bytes::new())).await?;
                 let resp = check_status(&p.target, &url, resp).await?;

@@ -182,7 +182,7 @@ pub(super) fn resolve_location(base: &Url, loc: &str) -> Result<Url, String> {
 /// `session` with `digest=<digest>` appended to its query (`?` or `&`).
 pub(super) fn with_digest(session: &Url, digest: &Digest) -> Url {
     let mut u = session.clone();
-    u.query_pairs_mut().append_pair("digest", digest.as_str());
+    u.query_pairs_mut().append_pair("digest", &digest.as_str());
     u
 }
 

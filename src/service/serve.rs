@@ -50,6 +50,9 @@ pub struct LazyOptions {
     pub background_rate: Option<u64>,
     /// Fetch window of a read that misses, compressed bytes; 0 = off.
     pub fetch_window: u64,
+    /// Blob size up to which a lazy layer is fetched whole when resolved,
+    /// bytes; 0 = never.
+    pub whole_layer_limit: u64,
     /// containerd hosts.toml dir; `None` = none.
     pub hosts_dir: Option<PathBuf>,
 }
@@ -175,6 +178,7 @@ pub fn remote_context(
         ahead: Default::default(),
         background_rate: l.background_rate,
         fetch_window: l.fetch_window,
+        whole_layer_limit: l.whole_layer_limit,
     })
 }
 

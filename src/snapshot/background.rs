@@ -42,11 +42,11 @@ use crate::oci::Digest;
 pub const BATCH_BYTES: u64 = 4 << 20;
 
 /// The verifiable chunks of `layer` in blob order, one per digest.
-fn items(layer: &ResolvedLayer) -> Vec<Item> {
+pub(super) fn items(layer: &ResolvedLayer) -> Vec<Item> {
     let mut out: Vec<Item> = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for (ei, e) in layer.toc.entries.iter().enumerate() {
-        for (ci, c) in e.chunks.iter().enumerate() {
+        for (ci, c) in e.chunks().enumerate() {
             if let Some(d) = &c.digest
                 && seen.insert(d.clone())
             {
@@ -58,7 +58,7 @@ fn items(layer: &ResolvedLayer) -> Vec<Item> {
             }
         }
     }
-    out.sort_by_key(|i| layer.toc.entries[i.entry].chunks[i.chunk].offset);
+    out.sort_by_key(|i| layer.toc.entries[i.entry].chunk(i.chunk).offset);
     out
 }
 
@@ -69,7 +69,7 @@ fn split(layer: &ResolvedLayer) -> (Vec<Item>, Vec<Item>) {
     match landmark(layer) {
         Some(mark) => all
             .into_iter()
-            .partition(|i| layer.toc.entries[i.entry].chunks[i.chunk].end <= mark),
+            .partition(|i| layer.toc.entries[i.entry].chunk(i.chunk).end <= mark),
         None => (Vec::new(), all),
     }
 }
@@ -81,7 +81,7 @@ fn landmark(layer: &ResolvedLayer) -> Option<u64> {
         .entries
         .iter()
         .find(|e| e.name == ".prefetch.landmark" && e.kind == EntryKind::Reg)
-        .and_then(|e| e.chunks.first())
+        .and_then(|e| e.get_chunk(0))
         .map(|c| c.offset)
 }
 
@@ -172,7 +172,7 @@ impl RemoteContext {
             return;
         }
         let _demand = super::stream::Demand::begin();
-        let counters = crate::metrics::layer(layer.digest.as_str());
+        let counters = crate::metrics::layer(&layer.digest.as_str());
         let fetch = counters.fetch(FetchSource::Prefetch);
         match self.background_batch(layer, &prefetch, fetch).await {
             Ok(()) => {
@@ -187,7 +187,7 @@ impl RemoteContext {
             return;
         }
         let _demand = super::stream::Demand::begin();
-        let counters = crate::metrics::layer(layer.digest.as_str());
+        let counters = crate::metrics::layer(&layer.digest.as_str());
         let fetch = counters.fetch(FetchSource::Prefetch);
         let r = self.fetch_batch(&layer.reference, &layer.digest, &layer.toc, prefetch, fetch);
         match r.await {
@@ -201,18 +201,18 @@ impl RemoteContext {
     /// Prefetches the landmark region, then (when `rate` is `Some`, bytes per
     /// second) fetches the rest of the layer in the background.
     pub async fn background(self: Arc<Self>, layer: ResolvedLayer, rate: Option<u64>) {
-        let chunk_of = |i: &Item| layer.toc.entries[i.entry].chunks[i.chunk].clone();
+        let chunk_of = |i: &Item| layer.toc.entries[i.entry].chunk(i.chunk);
         let span = |i: &Item| {
-            let c = &layer.toc.entries[i.entry].chunks[i.chunk];
+            let c = &layer.toc.entries[i.entry].chunk(i.chunk);
             c.end - c.offset
         };
         let (prefetch, rest) = split(&layer);
         let total_bytes: u64 = prefetch.iter().chain(&rest).map(span).sum();
         self.fetch_prefetch(&layer, &prefetch).await;
-        let counters = crate::metrics::layer(layer.digest.as_str());
+        let counters = crate::metrics::layer(&layer.digest.as_str());
         let Some(rate) = rate else { return };
         let (_running, fresh) = Running::enter(&layer.digest);
-        let progress = crate::metrics::global().background_progress(layer.digest.as_str());
+        let progress = crate::metrics::global().background_progress(&layer.digest.as_str());
         progress.start(total_bytes, fresh);
         let mut done: u64 = prefetch
             .iter()

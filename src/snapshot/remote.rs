@@ -67,6 +67,9 @@ pub struct RemoteContext {
     /// Fetch window of a read that misses, in compressed bytes past the
     /// missed chunk (`snapshot/stream.rs`); 0 = the missed chunk alone.
     pub fetch_window: u64,
+    /// Blob size up to which a layer is fetched whole, with its TOC, when it
+    /// is resolved (`image::toc::read_toc`); 0 = never.
+    pub whole_layer_limit: u64,
 }
 
 /// A layer whose TOC has been fetched and verified.
@@ -169,14 +172,14 @@ impl RemoteContext {
             client: self.client.clone(),
             reference: reference.clone(),
         };
-        let lt = match read_toc(&src, &digest, size, annotations).await {
+        let lt = match read_toc(&src, &digest, size, annotations, self.whole_layer_limit).await {
             Ok(lt) => lt,
             Err(TocError::NotLazy(reason)) => return Err(not_lazy(reason)),
             Err(TocError::Read(ImageError::Registry { source, .. })) => return Err(net(*source)),
             Err(TocError::Read(e)) => return Err(not_lazy(e.to_string())),
         };
         debug!(layer = %digest, entries = lt.toc.entries.len(), kind = ?lt.kind, "TOC verified");
-        Ok(ResolvedLayer {
+        let layer = ResolvedLayer {
             reference,
             digest,
             media_type: desc.media_type().to_string(),
@@ -185,7 +188,17 @@ impl RemoteContext {
             toc_json: lt.anchored,
             toc_offset: lt.toc_offset,
             toc: Arc::new(lt.toc),
-        })
+        };
+        let counters = crate::metrics::layer(&layer.digest.as_str());
+        for bytes in lt.fetched {
+            counters.fetch(FetchSource::Toc).fetched(bytes);
+        }
+        if let Some(blob) = lt.blob {
+            let items = super::background::items(&layer);
+            let n = self.deliver_blob(&layer.digest, &layer.toc, &items, &blob);
+            debug!(layer = %layer.digest, bytes = blob.len(), chunks = n, "small layer fetched whole with its TOC");
+        }
+        Ok(layer)
     }
 
     /// The layer named by `labels`, resolved once however many ask; and, on
@@ -342,7 +355,7 @@ impl RemoteContext {
                 layer: labels.layer_digest.to_string(),
                 reason: format!("the layer is not in manifest {}", manifest.digest),
             })?;
-        let counters = crate::metrics::layer(labels.layer_digest.as_str());
+        let counters = crate::metrics::layer(&labels.layer_digest.as_str());
         let counters = counters.fetch(FetchSource::Whole);
         let blob = self
             .client
@@ -370,7 +383,7 @@ impl RemoteContext {
             toc: layer.toc.clone(),
             order: OnceLock::new(),
             health: health.clone(),
-            metrics: crate::metrics::layer(layer.digest.as_str()),
+            metrics: crate::metrics::layer(&layer.digest.as_str()),
         });
         (reader, health)
     }
@@ -513,14 +526,7 @@ impl ChunkReader for RemoteBlob {
         let mut items: Vec<super::window::Item> = chunks
             .iter()
             .filter_map(|&(entry, chunk)| {
-                let key = self
-                    .toc
-                    .entries
-                    .get(entry)?
-                    .chunks
-                    .get(chunk)?
-                    .digest
-                    .clone()?;
+                let key = self.toc.entries.get(entry)?.get_chunk(chunk)?.digest?;
                 (!self.ctx.cache.contains(&key)).then_some(super::window::Item {
                     key,
                     entry,
@@ -531,7 +537,7 @@ impl ChunkReader for RemoteBlob {
         if items.is_empty() {
             return;
         }
-        items.sort_by_key(|i| self.toc.entries[i.entry].chunks[i.chunk].offset);
+        items.sort_by_key(|i| self.toc.entries[i.entry].chunk(i.chunk).offset);
         let (ctx, reference, digest, toc) = (
             self.ctx.clone(),
             self.reference.clone(),
@@ -570,8 +576,7 @@ impl ChunkReader for RemoteBlob {
             .get(entry)
             .ok_or_else(|| FsError::remote(format!("no TOC entry {entry}")))?;
         let c = e
-            .chunks
-            .get(chunk)
+            .get_chunk(chunk)
             .ok_or_else(|| FsError::remote(format!("{}: no chunk {chunk}", e.name)))?;
         let Some(key) = c.digest.clone() else {
             return Err(FsError::remote(format!(

@@ -339,22 +339,22 @@ impl Snapshotter {
         // Fetch windows and readahead of its reads stop delivering.
         gone.health.1.mark_removed();
         let Some(ctx) = &self.remote else { return };
-        let live: std::collections::HashSet<&Digest> = lowers
+        let live: std::collections::HashSet<Digest> = lowers
             .values()
             .flat_map(|l| l.toc.entries.iter())
-            .flat_map(|e| e.chunks.iter())
-            .filter_map(|c| c.digest.as_ref())
+            .flat_map(|e| e.chunks())
+            .filter_map(|c| c.digest)
             .collect();
         let mut freed = 0usize;
         for d in gone
             .toc
             .entries
             .iter()
-            .flat_map(|e| e.chunks.iter())
-            .filter_map(|c| c.digest.as_ref())
+            .flat_map(|e| e.chunks())
+            .filter_map(|c| c.digest)
         {
-            if !live.contains(d) && ctx.cache.contains(d) {
-                ctx.cache.remove(d);
+            if !live.contains(&d) && ctx.cache.contains(&d) {
+                ctx.cache.remove(&d);
                 freed += 1;
             }
         }

@@ -38,10 +38,10 @@ struct Stream<'a> {
 }
 
 impl<'a> Stream<'a> {
-    fn chunk(&self, i: usize) -> &'a Chunk {
+    fn chunk(&self, i: usize) -> Chunk {
         let item = self.items[i];
         let toc: &'a Toc = self.toc;
-        &toc.entries[item.entry].chunks[item.chunk]
+        toc.entries[item.entry].chunk(item.chunk)
     }
 
     /// Delivers every chunk wholly inside `prefix` (bytes from `start`).
@@ -65,7 +65,7 @@ impl<'a> Stream<'a> {
             }
             let name = &self.toc.entries[item.entry].name;
             let layer = self.digest;
-            match decode_verified(self.toc.compression, &prefix[lo..hi], c, name) {
+            match decode_verified(self.toc.compression, &prefix[lo..hi], &c, name) {
                 Ok(bytes) => {
                     let _ = self.batch.deliver(&item.key, Bytes::from(bytes), |m| {
                         ChunkFetchError::new(format!("layer {layer}: {m}"))
@@ -138,7 +138,7 @@ impl RemoteContext {
         counters: &LayerFetch,
     ) -> Result<Bytes, ChunkFetchError> {
         let e = &toc.entries[entry];
-        let c = &e.chunks[chunk];
+        let c = &e.chunk(chunk);
         let mut last = None;
         for _ in 0..2 {
             let span = self
@@ -215,7 +215,7 @@ impl RemoteContext {
         counters: &LayerFetch,
         stop: Option<&LayerHealth>,
     ) -> Result<(), ChunkFetchError> {
-        let chunk_of = |i: &Item| -> &Chunk { &toc.entries[i.entry].chunks[i.chunk] };
+        let chunk_of = |i: &Item| -> Chunk { toc.entries[i.entry].chunk(i.chunk) };
         let mut led: Vec<&Item> = items.iter().filter(|i| batch.leads(&i.key)).collect();
         if led.is_empty() {
             return Ok(());
@@ -254,6 +254,38 @@ impl RemoteContext {
                 Err(err)
             }
         }
+    }
+
+    /// Hands the cache every chunk of `items` that is not cached or in
+    /// flight, from `blob`, the layer's whole blob already in hand (a small
+    /// layer read whole with its TOC, `image::toc::read_toc`); each chunk is
+    /// verified against its digest as a fetched one is. Returns how many
+    /// chunks were delivered; one that does not verify fails on its own
+    /// (its readers fetch it again).
+    pub(super) fn deliver_blob(
+        &self,
+        digest: &Digest,
+        toc: &Toc,
+        items: &[Item],
+        blob: &[u8],
+    ) -> usize {
+        let keys: Vec<Digest> = items.iter().map(|i| i.key.clone()).collect();
+        let batch = self.cache.lead(&keys);
+        let mut led: Vec<&Item> = items.iter().filter(|i| batch.leads(&i.key)).collect();
+        let n = led.len();
+        led.sort_by_key(|i| toc.entries[i.entry].chunk(i.chunk).offset);
+        let mut stream = Stream {
+            toc,
+            items: led,
+            start: 0,
+            next: 0,
+            batch,
+            digest,
+            stop: None,
+        };
+        stream.advance(blob);
+        // Chunks past the blob's end (a TOC that lies) fail when the batch drops.
+        n
     }
 
     /// Leads the flights of `items` not cached or in flight and streams

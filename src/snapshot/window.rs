@@ -13,7 +13,7 @@ use crate::oci::Digest;
 pub const WINDOW_MAX_CHUNKS: usize = 4096;
 
 /// One chunk to fetch: its digest (the cache key), and where it is in the
-/// TOC (`toc.entries[entry].chunks[chunk]`).
+/// TOC (`toc.entries[entry].chunk(chunk)`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Item {
     /// The chunk's digest.
@@ -30,13 +30,13 @@ pub struct Item {
 pub fn blob_order(toc: &Toc) -> Vec<(u32, u32)> {
     let mut out: Vec<(u32, u32)> = Vec::new();
     for (ei, e) in toc.entries.iter().enumerate() {
-        for (ci, c) in e.chunks.iter().enumerate() {
+        for (ci, c) in e.chunks().enumerate() {
             if c.digest.is_some() {
                 out.push((ei as u32, ci as u32));
             }
         }
     }
-    out.sort_by_key(|&(e, c)| toc.entries[e as usize].chunks[c as usize].offset);
+    out.sort_by_key(|&(e, c)| toc.entries[e as usize].chunk(c as usize).offset);
     out
 }
 
@@ -53,7 +53,7 @@ pub fn window_items(
     window: u64,
 ) -> Vec<Item> {
     let item = |e: usize, c: usize| -> Option<Item> {
-        let key = toc.entries.get(e)?.chunks.get(c)?.digest.clone()?;
+        let key = toc.entries.get(e)?.get_chunk(c)?.digest?;
         Some(Item {
             key,
             entry: e,
@@ -63,17 +63,17 @@ pub fn window_items(
     let Some(first) = item(entry, chunk) else {
         return Vec::new();
     };
-    let missed = &toc.entries[entry].chunks[chunk];
+    let missed = &toc.entries[entry].chunk(chunk);
     let mut out = vec![first];
     if window == 0 {
         return out;
     }
     let at = order.partition_point(|&(e, c)| {
-        toc.entries[e as usize].chunks[c as usize].offset <= missed.offset
+        toc.entries[e as usize].chunk(c as usize).offset <= missed.offset
     });
     let limit = missed.end.saturating_add(window);
     for &(e, c) in &order[at..] {
-        let ch = &toc.entries[e as usize].chunks[c as usize];
+        let ch = &toc.entries[e as usize].chunk(c as usize);
         if ch.end > limit || out.len() >= WINDOW_MAX_CHUNKS {
             break;
         }
@@ -93,28 +93,19 @@ mod tests {
         let entries = spans
             .iter()
             .enumerate()
-            .map(|(i, &(offset, end))| Entry {
-                name: format!("f{i}").into(),
-                kind: EntryKind::Reg,
-                size: 10,
-                mode: 0o644,
-                uid: 0,
-                gid: 0,
-                mtime: (0, 0),
-                link_name: Default::default(),
-                dev_major: 0,
-                dev_minor: 0,
-                xattrs: Default::default(),
-                digest: None,
-                chunks: vec![Chunk {
+            .map(|(i, &(offset, end))| {
+                let mut e = Entry::new(format!("f{i}"), EntryKind::Reg);
+                e.size = 10;
+                e.mode = 0o644;
+                e.set_chunks(vec![Chunk {
                     offset,
                     end,
                     inner_offset: 0,
                     file_offset: 0,
                     size: 10,
                     digest: Some(Digest::sha256_of(format!("c{i}").as_bytes())),
-                }]
-                .into(),
+                }]);
+                e
             })
             .collect();
         Toc {

@@ -191,7 +191,7 @@ pub fn parse_toc(
                 file.size,
                 toc_offset,
                 &starts,
-                file.digest.as_ref(),
+                file.digest().as_ref(),
             )?;
             chunks.push(c);
             continue;
@@ -231,21 +231,20 @@ pub fn parse_toc(
                 rfc3339::parse(t).map_err(|e| FormatError::Toc(format!("entry {name:?}: {e}")))?
             }
         };
-        let entry = Entry {
-            kind,
-            size: if kind == EntryKind::Reg { size } else { 0 },
-            mode: (je.mode & 0o7777) as u32,
-            uid: id(je.uid, "uid", &name)?,
-            gid: id(je.gid, "gid", &name)?,
-            mtime,
-            link_name: link_name.into(),
-            dev_major: id(je.dev_major, "devMajor", &name)?,
-            dev_minor: id(je.dev_minor, "devMinor", &name)?,
-            xattrs: xattrs.into(),
-            digest: digest(&je.digest, &name)?,
-            chunks: Default::default(),
-            name: name.into(),
-        };
+        let mut entry = Entry::new(name, kind);
+        entry.size = if kind == EntryKind::Reg { size } else { 0 };
+        entry.mode = (je.mode & 0o7777) as u32;
+        entry.uid = id(je.uid, "uid", &entry.name)?;
+        entry.gid = id(je.gid, "gid", &entry.name)?;
+        entry.mtime = mtime;
+        entry.set_link_name(link_name);
+        entry.set_dev(
+            id(je.dev_major, "devMajor", &entry.name)?,
+            id(je.dev_minor, "devMinor", &entry.name)?,
+        );
+        entry.set_xattrs(xattrs);
+        let file_digest = digest(&je.digest, &entry.name)?;
+        entry.set_digest(file_digest.clone());
         if kind == EntryKind::Reg {
             let mut chunks = Vec::new();
             if size > 0 {
@@ -255,7 +254,7 @@ pub fn parse_toc(
                     size,
                     toc_offset,
                     &starts,
-                    entry.digest.as_ref(),
+                    file_digest.as_ref(),
                 )?;
                 chunks.push(c);
             }
@@ -274,16 +273,16 @@ pub fn parse_toc(
 }
 
 /// Checks that `chunks` tile the regular file `e` and stores them in it.
-/// A single chunk without a per-chunk digest is checked by the file's; one
-/// whose digest equals the file's shares its allocation.
+/// A single chunk without a per-chunk digest is checked by the file's (and
+/// then, like one whose digest equals the file's, stored compactly).
 fn finish(e: &mut Entry, mut chunks: Vec<Chunk>) -> Result<(), FormatError> {
     check_tiling(&e.name, e.size, &chunks)?;
     if let [c] = chunks.as_mut_slice()
-        && (c.digest.is_none() || c.digest == e.digest)
+        && c.digest.is_none()
     {
-        c.digest.clone_from(&e.digest);
+        c.digest = e.digest();
     }
-    e.chunks = chunks.into();
+    e.set_chunks(chunks);
     Ok(())
 }
 
@@ -322,7 +321,7 @@ fn chunk(
         inner_offset: nonneg(je.inner_offset, "innerOffset", name)?,
         file_offset,
         size,
-        // The usual case, equal to the file's: shared, not parsed again.
+        // The usual case, equal to the file's: not parsed again.
         digest: match file_digest {
             Some(d) if d.as_str() == je.chunk_digest => Some(d.clone()),
             _ => digest(&je.chunk_digest, name)?,
@@ -387,21 +386,21 @@ mod tests {
         let big = &t.entries[2];
         assert_eq!(big.mode, 0o4755);
         assert_eq!((big.uid, big.gid, big.size), (1000, 1000, 10));
-        assert_eq!(big.xattrs["user.t"], vec![1, 2]);
-        assert_eq!(big.chunks.len(), 2);
+        assert_eq!(big.xattrs()["user.t"], vec![1, 2]);
+        assert_eq!(big.chunk_count(), 2);
         assert_eq!(
-            (big.chunks[0].offset, big.chunks[0].end, big.chunks[0].size),
+            (big.chunk(0).offset, big.chunk(0).end, big.chunk(0).size),
             (100, 200, 6)
         );
         assert_eq!(
-            (big.chunks[1].offset, big.chunks[1].end, big.chunks[1].size),
+            (big.chunk(1).offset, big.chunk(1).end, big.chunk(1).size),
             (200, 500, 4)
         );
-        assert_eq!(big.chunks[1].file_offset, 6);
+        assert_eq!(big.chunk(1).file_offset, 6);
         assert_eq!(t.entries[1].mtime, (1_700_000_000, 0));
-        assert_eq!(t.entries[4].link_name, "bin/big");
-        assert_eq!(t.entries[5].chunks.len(), 0);
-        assert_eq!((t.entries[6].dev_major, t.entries[6].dev_minor), (1, 3));
+        assert_eq!(*t.entries[4].link_name(), "bin/big");
+        assert_eq!(t.entries[5].chunk_count(), 0);
+        assert_eq!((t.entries[6].dev_major(), t.entries[6].dev_minor()), (1, 3));
     }
 
     #[test]
@@ -410,24 +409,24 @@ mod tests {
             r#"{{"name":"f","type":"reg","size":3,"offset":10,"digest":"{D1}"}}"#
         ));
         let t = parse_toc(j.as_bytes(), 50, Compression::Zstd).unwrap();
-        assert_eq!(t.entries[0].chunks[0].digest.as_ref().unwrap().as_str(), D1);
+        assert_eq!(t.entries[0].chunk(0).digest.unwrap().as_str(), D1);
     }
 
     #[test]
-    fn equal_file_and_chunk_digests_share_one_allocation() {
+    fn equal_or_differing_file_and_chunk_digests() {
         let j = toc(&format!(
             r#"{{"name":"f","type":"reg","size":3,"offset":10,"digest":"{D1}","chunkDigest":"{D1}"}},
                {{"name":"g","type":"reg","size":3,"offset":20,"digest":"{D1}","chunkDigest":"{D2}"}}"#
         ));
         let t = parse_toc(j.as_bytes(), 50, Compression::Gzip).unwrap();
-        let text = |d: &Option<Digest>| d.as_ref().unwrap().as_str().as_ptr();
         let f = &t.entries[0];
-        assert_eq!(f.digest.as_ref().unwrap().as_str(), D1);
-        assert_eq!(text(&f.digest), text(&f.chunks[0].digest));
+        assert_eq!(f.digest().unwrap().as_str(), D1);
+        assert_eq!(f.chunk(0).digest, f.digest());
         // A differing chunk digest is kept as given.
         let g = &t.entries[1];
-        assert_eq!(g.chunks[0].digest.as_ref().unwrap().as_str(), D2);
-        assert_eq!((g.chunks[0].offset, g.chunks[0].end), (20, 50));
+        assert_eq!(g.digest().unwrap().as_str(), D1);
+        assert_eq!(g.chunk(0).digest.unwrap().as_str(), D2);
+        assert_eq!((g.chunk(0).offset, g.chunk(0).end), (20, 50));
     }
 
     #[test]

@@ -180,14 +180,14 @@ mod tests {
         let toc = open_toc(span, &m.checksum, toc_off).unwrap();
         let e = &toc.entries[0];
         let mut got = Vec::new();
-        for c in &e.chunks {
+        for c in e.chunks() {
             let span = &blob[c.offset as usize..c.end as usize];
-            got.extend(decode_verified(toc.compression, span, c, &e.name).unwrap());
+            got.extend(decode_verified(toc.compression, span, &c, &e.name).unwrap());
         }
         assert_eq!(got, file);
         // The zeros chunk has nothing to fetch; the chunk before it ends where it starts.
-        assert_eq!(e.chunks[1].offset, e.chunks[1].end);
-        assert_eq!(e.chunks[0].end, offs[1] as u64);
+        assert_eq!(e.chunk(1).offset, e.chunk(1).end);
+        assert_eq!(e.chunk(0).end, offs[1] as u64);
         // The whole blob still decodes as one zstd stream (skippable frames ignored).
         let all = zstd::decode_all(&blob[..]).unwrap();
         assert_eq!(&all[512..512 + file.len()], &file[..]);

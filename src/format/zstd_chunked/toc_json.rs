@@ -140,7 +140,7 @@ pub fn parse_toc(json: &[u8], toc_offset: u64) -> Result<Toc, FormatError> {
                 )));
             };
             let file = &entries[o.idx];
-            let (c, zero) = chunk(je, &name, file.size, toc_offset, file.digest.as_ref())?;
+            let (c, zero) = chunk(je, &name, file.size, toc_offset, file.digest().as_ref())?;
             o.chunks.push(c);
             o.zeros.push(zero);
             continue;
@@ -174,23 +174,22 @@ pub fn parse_toc(json: &[u8], toc_offset: u64) -> Result<Toc, FormatError> {
             None | Some("") => (0, 0),
             Some(t) => rfc3339::parse(t).map_err(|e| toc_err(&name, e))?,
         };
-        let entry = Entry {
-            kind,
-            size: if kind == EntryKind::Reg { size } else { 0 },
-            mode: (je.mode & 0o7777) as u32,
-            uid: id(je.uid, "uid", &name)?,
-            gid: id(je.gid, "gid", &name)?,
-            mtime,
-            link_name: link_name.into(),
-            dev_major: id(je.dev_major, "devMajor", &name)?,
-            dev_minor: id(je.dev_minor, "devMinor", &name)?,
-            xattrs: xattrs.into(),
-            digest: digest(&je.digest, &name)?,
-            chunks: Default::default(),
-            name: name.into(),
-        };
+        let mut entry = Entry::new(name, kind);
+        entry.size = if kind == EntryKind::Reg { size } else { 0 };
+        entry.mode = (je.mode & 0o7777) as u32;
+        entry.uid = id(je.uid, "uid", &entry.name)?;
+        entry.gid = id(je.gid, "gid", &entry.name)?;
+        entry.mtime = mtime;
+        entry.set_link_name(link_name);
+        entry.set_dev(
+            id(je.dev_major, "devMajor", &entry.name)?,
+            id(je.dev_minor, "devMinor", &entry.name)?,
+        );
+        entry.set_xattrs(xattrs);
+        let file_digest = digest(&je.digest, &entry.name)?;
+        entry.set_digest(file_digest.clone());
         if kind == EntryKind::Reg && size > 0 {
-            let (c, zero) = chunk(je, &entry.name, size, toc_offset, entry.digest.as_ref())?;
+            let (c, zero) = chunk(je, &entry.name, size, toc_offset, file_digest.as_ref())?;
             let end_offset = match je.end_offset {
                 0 => None,
                 v => Some(nonneg(v, "endOffset", &entry.name)?),
@@ -259,7 +258,7 @@ fn chunk(
             inner_offset: 0,
             file_offset,
             size,
-            // The usual case, equal to the file's: shared, not parsed again.
+            // The usual case, equal to the file's: not parsed again.
             digest: match file_digest {
                 Some(d) if d.as_str() == je.chunk_digest => Some(d.clone()),
                 _ => digest(&je.chunk_digest, name)?,
@@ -270,8 +269,8 @@ fn chunk(
 }
 
 /// Sets the compressed ends of a file's chunks, fills in a single chunk's
-/// digest (sharing the file's), checks the chunks tile the file, and stores
-/// them in it.
+/// digest (the file's), checks the chunks tile the file, and stores them in
+/// it.
 fn finish(
     e: &mut Entry,
     o: Open,
@@ -286,9 +285,9 @@ fn finish(
     } = o;
     let n = chunks.len();
     if let [c] = chunks.as_mut_slice()
-        && (c.digest.is_none() || c.digest == e.digest)
+        && c.digest.is_none()
     {
-        c.digest.clone_from(&e.digest);
+        c.digest = e.digest();
     }
     for i in 0..n {
         let offset = chunks[i].offset;
@@ -347,7 +346,7 @@ fn finish(
             format!("chunks cover {at} of {} bytes", e.size),
         ));
     }
-    e.chunks = chunks.into();
+    e.set_chunks(chunks);
     Ok(())
 }
 
@@ -390,29 +389,24 @@ mod tests {
         assert_eq!(t.entries[0].mtime, (1_700_000_000, 0));
         let big = &t.entries[1];
         assert_eq!((big.mode, big.uid, big.size), (0o4755, 1000, 10));
-        assert_eq!(big.xattrs["user.t"], vec![1, 2]);
+        assert_eq!(big.xattrs()["user.t"], vec![1, 2]);
         let spans: Vec<(u64, u64, u64, u64)> = big
-            .chunks
-            .iter()
+            .chunks()
             .map(|c| (c.offset, c.end, c.file_offset, c.size))
             .collect();
         assert_eq!(
             spans,
             [(100, 150, 0, 4), (150, 150, 4, 3), (160, 300, 7, 3)]
         );
-        assert_eq!(big.chunks[0].digest.as_ref().unwrap().as_str(), D1);
+        assert_eq!(big.chunk(0).digest.unwrap().as_str(), D1);
         // Single chunk: the file digest, span to endOffset.
         let one = &t.entries[2];
-        assert_eq!((one.chunks[0].offset, one.chunks[0].end), (310, 330));
-        assert_eq!(one.chunks[0].digest.as_ref().unwrap().as_str(), D1);
-        // ... shared with the file, not a copy.
-        assert_eq!(
-            one.chunks[0].digest.as_ref().unwrap().as_str().as_ptr(),
-            one.digest.as_ref().unwrap().as_str().as_ptr()
-        );
-        assert!(t.entries[3].chunks.is_empty());
-        assert_eq!(t.entries[5].link_name, "bin/big");
-        assert_eq!((t.entries[6].dev_major, t.entries[6].dev_minor), (1, 3));
+        assert_eq!((one.chunk(0).offset, one.chunk(0).end), (310, 330));
+        assert_eq!(one.chunk(0).digest.unwrap().as_str(), D1);
+        assert_eq!(one.chunk(0).digest, one.digest());
+        assert_eq!(t.entries[3].chunk_count(), 0);
+        assert_eq!(*t.entries[5].link_name(), "bin/big");
+        assert_eq!((t.entries[6].dev_major(), t.entries[6].dev_minor()), (1, 3));
         assert_eq!(t.entries[7].kind, EntryKind::Fifo);
     }
 
@@ -423,8 +417,8 @@ mod tests {
                {{"type":"reg","name":"b","size":3,"digest":"{D2}","offset":40}}"#
         ));
         let t = parse_toc(j.as_bytes(), 90).unwrap();
-        assert_eq!(t.entries[0].chunks[0].end, 40);
-        assert_eq!(t.entries[1].chunks[0].end, 90);
+        assert_eq!(t.entries[0].chunk(0).end, 40);
+        assert_eq!(t.entries[1].chunk(0).end, 90);
     }
 
     #[test]

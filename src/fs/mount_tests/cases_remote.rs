@@ -13,7 +13,7 @@ fn image() -> TocBuilder {
         .dir("etc", 0o755)
         .file("etc/conf", 0o644, b"conf=1\n")
         .with(|e| {
-            e.xattrs.insert("user.origin".into(), b"toc".to_vec());
+            e.xattrs_mut().insert("user.origin".into(), b"toc".to_vec());
         })
         .file("bin/app", 0o4755, &pattern(5500, 1)) // no entry for bin/
         .hardlink("bin/app2", "bin/app")

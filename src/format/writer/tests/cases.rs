@@ -384,7 +384,7 @@ fn gnu_sparse_files_are_expanded() {
             replay_tar_split(&blob, &w, &rb.stream);
             // The zero runs are chunks with nothing to fetch.
             let f = rb.toc.entries.iter().find(|e| e.name == "sparse").unwrap();
-            assert!(f.chunks.iter().filter(|c| c.offset == c.end).count() >= 2);
+            assert!(f.chunks().filter(|c| c.offset == c.end).count() >= 2);
         }
         let out = untar(&rb.stream);
         let e = out.iter().find(|e| e.name == b"sparse").unwrap();

@@ -201,15 +201,14 @@ pub(super) fn read_back(format: LayerFormat, blob: &[u8], w: &LayerWritten) -> R
             continue;
         }
         let mut got = Vec::new();
-        for c in &e.chunks {
+        for c in e.chunks() {
             let span = &blob[c.offset as usize..c.end as usize];
-            got.extend(decode_verified(toc.compression, span, c, &e.name).unwrap());
+            got.extend(decode_verified(toc.compression, span, &c, &e.name).unwrap());
         }
         assert_eq!(got.len() as u64, e.size, "{}", e.name);
         assert_eq!(
             Some(Digest::sha256_of(&got)),
-            e.digest
-                .clone()
+            e.digest()
                 .or_else(|| { (e.size == 0).then(|| Digest::sha256_of(b"")) })
         );
         files.insert(e.name.to_string(), got);

@@ -67,8 +67,8 @@ fn binary_xattrs_and_later_pax_records_survive_every_format() {
 
             // Our TOC reader.
             let e = rb.toc.entries.iter().find(|e| e.name == long).expect(&what);
-            assert_eq!(e.xattrs["security.capability"], CAP, "{what}");
-            assert_eq!(e.xattrs["user.nl"], b"line1\nline2\n\n", "{what}");
+            assert_eq!(e.xattrs()["security.capability"], CAP, "{what}");
+            assert_eq!(e.xattrs()["user.nl"], b"line1\nline2\n\n", "{what}");
             assert_eq!((e.uid, e.size), (4242, 12), "{what}");
             assert_eq!(rb.files[&long], b"ping binary\n", "{what}");
             let after = rb
@@ -77,7 +77,7 @@ fn binary_xattrs_and_later_pax_records_survive_every_format() {
                 .iter()
                 .find(|e| e.name == "etc/after")
                 .unwrap();
-            assert_eq!(after.xattrs["user.eq"], b"a=b\n=", "{what}");
+            assert_eq!(after.xattrs()["user.eq"], b"a=b\n=", "{what}");
             assert_eq!(rb.files["etc/after"], b"after\n", "{what}");
             assert_eq!(rb.files["plain"], b"plain\n", "{what}");
 

@@ -26,9 +26,9 @@ fn same(toc: &Entry, t: &TarEntry) {
     assert_eq!(toc.kind, expected_kind(t.kind), "{clean}");
     assert_eq!(toc.mode, t.mode & 0o7777, "{clean}");
     assert_eq!(toc.mtime, (t.mtime as i64, 0), "{clean}");
-    assert_eq!((toc.dev_major, toc.dev_minor), t.dev, "{clean}");
+    assert_eq!((toc.dev_major(), toc.dev_minor()), t.dev, "{clean}");
     let xattrs: Vec<(Vec<u8>, Vec<u8>)> = toc
-        .xattrs
+        .xattrs()
         .iter()
         .map(|(k, v)| ([&b"SCHILY.xattr."[..], k.as_bytes()].concat(), v.clone()))
         .collect();
@@ -36,8 +36,8 @@ fn same(toc: &Entry, t: &TarEntry) {
     want.sort();
     assert_eq!(xattrs, want, "{clean}");
     match toc.kind {
-        EntryKind::Symlink => assert_eq!(toc.link_name.as_bytes(), &t.link[..]),
-        EntryKind::Hardlink => assert_eq!(toc.link_name.as_bytes(), &t.link[..]),
+        EntryKind::Symlink => assert_eq!(toc.link_name().as_bytes(), &t.link[..]),
+        EntryKind::Hardlink => assert_eq!(toc.link_name().as_bytes(), &t.link[..]),
         EntryKind::Reg => assert_eq!(toc.size, t.data.len() as u64),
         _ => {}
     }
@@ -79,8 +79,13 @@ fn every_format_round_trips_through_readers_and_tar() {
         // Duplicates: both kept in order; the map holds the last.
         assert_eq!(toc.iter().filter(|e| e.name == "dup").count(), 2);
         assert_eq!(rb.files["dup"], b"two");
-        let big_chunks = &toc.iter().find(|e| e.name == "d/big").unwrap().chunks;
-        let total_chunks: usize = rb.toc.entries.iter().map(|e| e.chunks.len()).sum();
+        let big_chunks: Vec<_> = toc
+            .iter()
+            .find(|e| e.name == "d/big")
+            .unwrap()
+            .chunks()
+            .collect();
+        let total_chunks: usize = rb.toc.entries.iter().map(|e| e.chunk_count()).sum();
         assert_eq!(w.chunks, total_chunks);
         match format {
             // 200,000 bytes in 16 KiB chunks: 12 full, one of 3,392.
@@ -227,7 +232,7 @@ fn toc_json_field_order_matches_the_go_writers() {
          \t\t\t\"modtime\": \"2023-11-14T22:13:20Z\",\n\t\t\t\"mode\": 420,\n\
          \t\t\t\"userName\": \"root\",\n\t\t\t\"groupName\": \"root\",\n\
          \t\t\t\"offset\": {},\n\t\t\t\"digest\": \"{d}\",\n\t\t\t\"chunkDigest\": \"{d}\"\n\t\t}}",
-        rb.toc.entries[1].chunks[0].offset
+        rb.toc.entries[1].chunk(0).offset
     );
     assert!(
         text.starts_with("{\n\t\"version\": 1,\n\t\"entries\": [\n"),
@@ -242,7 +247,7 @@ fn toc_json_field_order_matches_the_go_writers() {
         .collect();
     let text = String::from_utf8(zstd::decode_all(&blob[p[0]..p[0] + p[1]]).unwrap()).unwrap();
     let toc = zstd_chunked::parse_toc(text.as_bytes(), p[0] as u64).unwrap();
-    let c = &toc.entries[0].chunks[0];
+    let c = &toc.entries[0].chunk(0);
     assert_eq!(
         text,
         format!(
@@ -295,7 +300,7 @@ fn gnu_long_names_and_links_pass_through_raw() {
         let rb = read_back(format, &blob, &w);
         assert_eq!(rb.files[&target], b"abc");
         let s = rb.toc.entries.iter().find(|e| e.name == "s").unwrap();
-        assert_eq!(s.link_name, target);
+        assert_eq!(*s.link_name(), target);
         let out = untar(&rb.stream);
         let i = usize::from(format != LayerFormat::ZstdChunked);
         assert_eq!(&out[i..i + 2], &untar(&tar)[..], "{format}");
