@@ -42,7 +42,7 @@ enum Command {
     /// Print the daemon's status.
     Status {
         #[command(flatten)]
-        client: cmd::ClientFlags,
+        daemon: cmd::DaemonFlags,
     },
     /// Pull an image into containerd, unpacked on the snapshotter, lazily
     /// where it can (as `ctr-remote images rpull`): layers the snapshotter
@@ -85,8 +85,33 @@ fn init_logs(level: &str) {
         .init();
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{}", error_report(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// `error: <message>` and one `  caused by: <cause>` line per cause whose
+/// text the lines before do not already hold (many errors print their
+/// source inside their own message, and anyhow's default report would
+/// repeat it).
+fn error_report(e: &anyhow::Error) -> String {
+    let mut out = format!("error: {e}");
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str("\n  caused by: ");
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -130,7 +155,7 @@ fn main() -> anyhow::Result<()> {
             // Exit without running destructors of FUSE sessions: mounts stay.
             std::process::exit(0);
         }
-        Command::Status { client } => rt.block_on(cmd::status::run(client)),
+        Command::Status { daemon } => rt.block_on(cmd::status::run(daemon)),
         Command::Pull(a) => rt.block_on(cmd::pull::run(a)),
         Command::Convert(a) => rt.block_on(cmd::convert::run(a)),
         Command::Inspect(a) => rt.block_on(cmd::inspect::run(a)),
@@ -138,5 +163,24 @@ fn main() -> anyhow::Result<()> {
         Command::Login(a) => rt.block_on(cmd::login::login(a)),
         Command::Logout(a) => rt.block_on(cmd::login::logout(a)),
         Command::Bench(a) => rt.block_on(cmd::bench::run(a)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("transport error: {0}")]
+    struct Transport(#[source] std::io::Error);
+
+    #[test]
+    fn error_report_names_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = anyhow::Error::new(Transport(io)).context("connecting to containerd at /x.sock");
+        assert_eq!(
+            super::error_report(&e),
+            "error: connecting to containerd at /x.sock\n  caused by: transport error: no such file"
+        );
+        let plain = anyhow::anyhow!("bad --config");
+        assert_eq!(super::error_report(&plain), "error: bad --config");
     }
 }

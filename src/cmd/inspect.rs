@@ -151,6 +151,7 @@ pub async fn run(a: InspectArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("{}  {} ({})", src.name(), root.digest, root.media_type);
+    let mut plain_layers = 0;
     for m in out["manifests"].as_array().into_iter().flatten() {
         let plat = m["platform"]
             .as_str()
@@ -163,6 +164,9 @@ pub async fn run(a: InspectArgs) -> anyhow::Result<()> {
         );
         for l in m["layers"].as_array().into_iter().flatten() {
             let s = |k: &str| l[k].as_str().unwrap_or("-").to_string();
+            if s("format") == "-" {
+                plain_layers += 1;
+            }
             let n = |k: &str| {
                 l[k].as_u64()
                     .map(|v| v.to_string())
@@ -182,6 +186,12 @@ pub async fn run(a: InspectArgs) -> anyhow::Result<()> {
                 s("landmark")
             );
         }
+    }
+    if plain_layers > 0 {
+        println!(
+            "{plain_layers} layer(s) have no TOC: they are pulled whole. \
+             `lazysnap convert SRC DST` (or `--optimize`) makes an image that is pulled lazily."
+        );
     }
     Ok(())
 }

@@ -36,6 +36,24 @@ pub struct ClientFlags {
         default_value = "default"
     )]
     pub namespace: String,
+    /// How to reach the lazysnap daemon.
+    #[command(flatten)]
+    pub daemon: DaemonFlags,
+}
+
+impl ClientFlags {
+    /// The daemon's socket (see [`DaemonFlags::daemon_address`]).
+    ///
+    /// # Errors
+    /// As [`DaemonFlags::daemon_address`].
+    pub fn daemon_address(&self) -> anyhow::Result<PathBuf> {
+        self.daemon.daemon_address()
+    }
+}
+
+/// How a command that talks only to the lazysnap daemon reaches it.
+#[derive(Args, Debug, Clone)]
+pub struct DaemonFlags {
     /// The lazysnap daemon's socket (default: `address` of the config file).
     #[arg(long, env = "LAZYSNAP_ADDRESS")]
     pub lazysnap_address: Option<PathBuf>,
@@ -44,7 +62,7 @@ pub struct ClientFlags {
     pub config: Option<PathBuf>,
 }
 
-impl ClientFlags {
+impl DaemonFlags {
     /// The daemon's socket: the flag, else the config file's `address`, else the default.
     ///
     /// # Errors

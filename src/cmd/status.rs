@@ -4,10 +4,10 @@ use anyhow::Context;
 use lazysnap::service;
 use lazysnap::service::proto::lazysnap::v1::{StatusRequest, control_client::ControlClient};
 
-use super::ClientFlags;
+use super::DaemonFlags;
 
 /// Prints the daemon's status.
-pub async fn run(c: ClientFlags) -> anyhow::Result<()> {
+pub async fn run(c: DaemonFlags) -> anyhow::Result<()> {
     let addr = c.daemon_address()?;
     let ch = service::connect(&addr)
         .await
