@@ -46,6 +46,11 @@ use crate::registry::{Platform, Reference, RegistryClient, RegistryError};
 /// (image reference, layer digest) of a layer resolved ahead of its Prepare.
 pub type AheadKey = (String, Digest);
 
+/// How long a layer resolved ahead waits for its Prepare before it is
+/// dropped (containerd prepares nothing for layers it already has, so an
+/// image pulled again would otherwise keep every TOC in memory for good).
+pub const AHEAD_KEEP: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// What lazy pulling needs: the registry client, the chunk cache, the runtime
 /// the blocking FUSE threads wait on, and the platform to resolve for.
 #[derive(Debug)]
@@ -85,8 +90,11 @@ pub struct ResolvedLayer {
     pub size: u64,
     /// Digest of the TOC JSON (the manifest annotation).
     pub toc_digest: Digest,
-    /// The exact TOC JSON bytes (kept on disk to reopen after a restart).
-    pub toc_json: Vec<u8>,
+    /// The exact TOC JSON bytes (kept on disk to reopen after a restart),
+    /// shared by clones; empty in the copies that outlive the Prepare (the
+    /// background fetch, a reopened layer), which do not need it: a large
+    /// layer's JSON is tens of MB.
+    pub toc_json: Bytes,
     /// Blob offset of the TOC.
     pub toc_offset: u64,
     /// The parsed TOC.
@@ -185,7 +193,7 @@ impl RemoteContext {
             media_type: desc.media_type().to_string(),
             size,
             toc_digest: lt.toc_digest,
-            toc_json: lt.anchored,
+            toc_json: Bytes::from(lt.anchored),
             toc_offset: lt.toc_offset,
             toc: Arc::new(lt.toc),
         };
@@ -256,6 +264,12 @@ impl RemoteContext {
                     let cell = me.cell(&key);
                     if let Err(e) = cell.get_or_try_init(|| me.resolve_layer(&other)).await {
                         debug!(layer = %other.layer_digest, error = %e, "resolve ahead failed; its Prepare retries");
+                    }
+                    tokio::time::sleep(AHEAD_KEEP).await;
+                    let mut ahead = me.ahead.lock().unwrap_or_else(|p| p.into_inner());
+                    if ahead.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                        ahead.remove(&key);
+                        debug!(layer = %other.layer_digest, "no Prepare took the layer resolved ahead; dropped");
                     }
                 });
                 started += 1;

@@ -171,9 +171,13 @@ impl Snapshotter {
             });
         match lower {
             Ok(lower) => {
-                let task = ctx
-                    .rt
-                    .spawn(ctx.clone().background(layer.clone(), ctx.background_rate));
+                let task = ctx.rt.spawn(ctx.clone().background(
+                    super::remote::ResolvedLayer {
+                        toc_json: bytes::Bytes::new(),
+                        ..layer.clone()
+                    },
+                    ctx.background_rate,
+                ));
                 self.keep_lower(
                     rec.id,
                     lower,
@@ -437,7 +441,7 @@ impl Snapshotter {
                     media_type: r.media_type.clone(),
                     size: r.size,
                     toc_digest,
-                    toc_json: Vec::new(),
+                    toc_json: bytes::Bytes::new(),
                     toc_offset: r.toc_offset,
                     toc: Arc::new(toc),
                 };
