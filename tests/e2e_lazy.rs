@@ -890,7 +890,9 @@ fn prepare_image_resolves_and_prefetches_before_the_prepares() {
                 })
             })
             .collect();
-        if !done.is_empty() && info.layers.iter().all(tail_read) {
+        // (A small layer may resolve from its blob kept in the cache, without a read.)
+        let small = |l: &LayerInfo| l.size <= lazysnap::config::DEFAULT_WHOLE_LAYER_LIMIT;
+        if !done.is_empty() && info.layers.iter().all(|l| small(l) || tail_read(l)) {
             assert!(
                 !log.lines()
                     .any(|x| x.contains("rpc=\"Prepare\"") && x.contains(r.as_str())),
@@ -925,6 +927,11 @@ fn prepare_image_resolves_and_prefetches_before_the_prepares() {
             .filter(|q| q.method == "GET" && q.blob() == Some(l.digest.as_str()))
             .filter(|q| q.range_end() == Some(l.size - 1))
             .count();
-        assert_eq!(tails, 1, "layer {}: {tails} tail reads", l.digest);
+        let small = l.size <= lazysnap::config::DEFAULT_WHOLE_LAYER_LIMIT;
+        assert!(
+            tails == 1 || (small && tails == 0),
+            "layer {}: {tails} tail reads",
+            l.digest
+        );
     }
 }

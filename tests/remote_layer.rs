@@ -240,6 +240,21 @@ fn a_small_layer_is_fetched_whole_with_its_toc() {
         [],
         "chunks of a layer fetched whole need no request"
     );
+    // The blob is kept in the cache under the layer digest (in the
+    // background): the layer then resolves again without any request.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !c.cache.contains(&layer.digest) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "blob not kept in 30 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let before = proxy.requests().len();
+    let again = rt.block_on(c.resolve_layer(&l)).unwrap();
+    assert_eq!(again.toc_digest, layer.toc_digest);
+    assert_eq!(again.toc.entries.len(), layer.toc.entries.len());
+    assert_eq!(blob_requests(before), [], "resolved from the kept blob");
 
     // Layer 1 of python (several MB) is above the limit: the tail only.
     let reference = proxy.reference("test/python:esgz");

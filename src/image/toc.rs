@@ -86,8 +86,67 @@ pub async fn read_toc(
     annotations: &HashMap<String, String>,
     whole_limit: u64,
 ) -> Result<LayerToc, TocError> {
+    toc_from(Reader::Source(src, digest), size, annotations, whole_limit).await
+}
+
+/// The verified TOC of a whole blob already in hand (`blob`, its descriptor
+/// `annotations`), as [`read_toc`] would read it; [`LayerToc::blob`] is `blob`
+/// and nothing is fetched.
+///
+/// # Errors
+/// [`TocError::NotLazy`]: no anchor, a bad footer, a TOC that does not verify or parse.
+pub async fn toc_in_blob(
+    blob: &Bytes,
+    annotations: &HashMap<String, String>,
+) -> Result<LayerToc, TocError> {
+    let size = blob.len() as u64;
+    toc_from(Reader::InHand(blob), size, annotations, size).await
+}
+
+/// Where the bytes of a blob come from: ranges of a source, or a whole blob in hand.
+enum Reader<'a> {
+    Source(&'a Source, &'a Digest),
+    InHand(&'a Bytes),
+}
+
+impl Reader<'_> {
+    /// Blob bytes `[start, end)`; `fetched` gets the length of each network read.
+    async fn range(&self, start: u64, end: u64, fetched: &mut Vec<u64>) -> Result<Bytes, TocError> {
+        let got = match self {
+            Reader::Source(src, digest) => {
+                let b = src.read_range(digest, start, end).await?;
+                fetched.push(b.len() as u64);
+                b
+            }
+            Reader::InHand(blob) => {
+                let len = blob.len() as u64;
+                if start > end || end > len {
+                    return Err(TocError::NotLazy(format!(
+                        "blob bytes [{start}, {end}) are outside the blob of {len} bytes"
+                    )));
+                }
+                blob.slice(start as usize..end as usize)
+            }
+        };
+        if got.len() as u64 != end - start {
+            return Err(TocError::NotLazy(format!(
+                "a read of blob bytes [{start}, {end}) returned {} bytes",
+                got.len()
+            )));
+        }
+        Ok(got)
+    }
+}
+
+async fn toc_from(
+    from: Reader<'_>,
+    size: u64,
+    annotations: &HashMap<String, String>,
+    whole_limit: u64,
+) -> Result<LayerToc, TocError> {
     let not_lazy = |e: String| TocError::NotLazy(e);
     let whole = size <= whole_limit;
+    let mut fetched = Vec::new();
     let Some(toc_digest) = annotations.get(STARGZ_TOC_DIGEST) else {
         let mref = zstd_chunked::ManifestRef::from_annotations(annotations)
             .map_err(|e| not_lazy(format!("zstd:chunked annotations: {e}")))?
@@ -108,20 +167,13 @@ pub async fn read_toc(
                 ))
             })?;
         let (compressed, blob) = if whole {
-            let blob = src.read_range(digest, 0, size).await?;
-            if (blob.len() as u64) < end {
-                return Err(not_lazy(format!(
-                    "a read of the whole blob ({size} bytes) returned {} bytes",
-                    blob.len()
-                )));
-            }
+            let blob = from.range(0, size, &mut fetched).await?;
             (blob.slice(pos.offset as usize..end as usize), Some(blob))
         } else {
-            (src.read_range(digest, pos.offset, end).await?, None)
+            (from.range(pos.offset, end, &mut fetched).await?, None)
         };
         let toc = zstd_chunked::open_toc(&compressed, &mref.checksum, pos.offset)
             .map_err(|e| not_lazy(e.to_string()))?;
-        let fetched = vec![blob.as_ref().map_or(compressed.len(), Bytes::len) as u64];
         return Ok(LayerToc {
             kind: TocKind::ZstdChunked,
             toc_digest: mref.checksum,
@@ -140,22 +192,13 @@ pub async fn read_toc(
     } else {
         size.saturating_sub(TAIL_BYTES)
     };
-    let tail = src.read_range(digest, tail_start, size).await?;
-    if tail.len() as u64 != size - tail_start {
-        return Err(not_lazy(format!(
-            "a read of blob bytes [{tail_start}, {size}) returned {} bytes",
-            tail.len()
-        )));
-    }
+    let tail = from.range(tail_start, size, &mut fetched).await?;
     let footer = footer::parse(&tail, size).map_err(|e| not_lazy(e.to_string()))?;
     let (start, end) = footer.toc_range(size);
-    let mut fetched = vec![tail.len() as u64];
     let toc_bytes: Bytes = if start >= tail_start {
         tail.slice((start - tail_start) as usize..(end - tail_start) as usize)
     } else {
-        let b = src.read_range(digest, start, end).await?;
-        fetched.push(b.len() as u64);
-        b
+        from.range(start, end, &mut fetched).await?
     };
     let json = match footer.compression() {
         Compression::Gzip => toc_json_from_gzip_member(&toc_bytes),

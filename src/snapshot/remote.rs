@@ -37,7 +37,7 @@ use crate::format::{Compression, FormatError, Toc, zstd_chunked};
 use crate::fs::{ChunkReader, FsError};
 use crate::image::ImageError;
 use crate::image::source::Source;
-use crate::image::toc::{TocError, read_toc};
+use crate::image::toc::{TocError, read_toc, toc_in_blob};
 use crate::metrics::{FetchSource, LayerMetrics};
 use crate::oci::Digest;
 use crate::oci::labels::RemoteLabels;
@@ -180,7 +180,16 @@ impl RemoteContext {
             client: self.client.clone(),
             reference: reference.clone(),
         };
-        let lt = match read_toc(&src, &digest, size, annotations, self.whole_layer_limit).await {
+        let in_cache = if size <= self.whole_layer_limit {
+            self.cached_blob(&digest).await
+        } else {
+            None
+        };
+        let read = match &in_cache {
+            Some(blob) => toc_in_blob(blob, annotations).await,
+            None => read_toc(&src, &digest, size, annotations, self.whole_layer_limit).await,
+        };
+        let lt = match read {
             Ok(lt) => lt,
             Err(TocError::NotLazy(reason)) => return Err(not_lazy(reason)),
             Err(TocError::Read(ImageError::Registry { source, .. })) => return Err(net(*source)),
@@ -202,11 +211,44 @@ impl RemoteContext {
             counters.fetch(FetchSource::Toc).fetched(bytes);
         }
         if let Some(blob) = lt.blob {
+            if in_cache.is_none() {
+                self.keep_blob(&layer.digest, &blob);
+            }
             let items = super::background::items(&layer);
             let n = self.deliver_blob(&layer.digest, &layer.toc, &items, &blob);
             debug!(layer = %layer.digest, bytes = blob.len(), chunks = n, "small layer fetched whole with its TOC");
         }
         Ok(layer)
+    }
+
+    /// The whole blob `digest` from the cache's disk tier, where a small
+    /// layer's blob is kept ([`Self::keep_blob`]); verified against `digest`
+    /// on its first open in this process. `None` when it is not there.
+    async fn cached_blob(&self, digest: &Digest) -> Option<Bytes> {
+        use std::io::Read;
+        let (cache, d) = (self.cache.clone(), digest.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut f = cache.open_file(&d)?;
+            let mut v = Vec::new();
+            f.read_to_end(&mut v).ok()?;
+            Some(Bytes::from(v))
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// Keeps a small layer's whole blob (read with its TOC) in the cache's
+    /// disk tier under the layer digest, in the background, so that the
+    /// layer resolves without a request while it stays cached (an image
+    /// pulled again). Counted against the cache budget like a chunk; dropped
+    /// with the layer's chunks when its last snapshot is removed.
+    fn keep_blob(&self, digest: &Digest, blob: &Bytes) {
+        use std::io::Write;
+        let (cache, d, b) = (self.cache.clone(), digest.clone(), blob.clone());
+        self.rt.spawn_blocking(move || {
+            cache.store_file(&d, b.len() as u64, &mut |w: &mut dyn Write| w.write_all(&b));
+        });
     }
 
     /// The layer named by `labels`, resolved once however many ask; and, on

@@ -350,6 +350,11 @@ impl Snapshotter {
             .filter_map(|c| c.digest)
             .collect();
         let mut freed = 0usize;
+        let layer = &gone.health.0;
+        if !lowers.values().any(|l| l.health.0 == *layer) && ctx.cache.contains(layer) {
+            ctx.cache.remove(layer); // a small layer's whole blob (`keep_blob`)
+            freed += 1;
+        }
         for d in gone
             .toc
             .entries
