@@ -176,6 +176,7 @@ pub fn remote_context(
         rt,
         platform,
         ahead: Default::default(),
+        live: Default::default(),
         background_rate: l.background_rate,
         fetch_window: l.fetch_window,
         whole_layer_limit: l.whole_layer_limit,

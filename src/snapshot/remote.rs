@@ -40,7 +40,7 @@ use crate::image::source::Source;
 use crate::image::toc::{TocError, read_toc, toc_in_blob};
 use crate::metrics::{FetchSource, LayerMetrics};
 use crate::oci::Digest;
-use crate::oci::labels::RemoteLabels;
+use crate::oci::labels::{RemoteLabels, STARGZ_TOC_DIGEST};
 use crate::registry::{Platform, Reference, RegistryClient, RegistryError};
 
 /// (image reference, layer digest) of a layer resolved ahead of its Prepare.
@@ -50,6 +50,34 @@ pub type AheadKey = (String, Digest);
 /// dropped (containerd prepares nothing for layers it already has, so an
 /// image pulled again would otherwise keep every TOC in memory for good).
 pub const AHEAD_KEEP: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// A TOC in use by a mounted remote layer (see [`RemoteContext::register_live`]).
+#[derive(Debug)]
+pub struct LiveToc {
+    /// The anchor it was verified against (eStargz TOC digest or zstd:chunked
+    /// manifest checksum).
+    pub toc_digest: Digest,
+    /// Blob offset of the TOC.
+    pub toc_offset: u64,
+    /// The parsed TOC, while some mounted layer still holds it.
+    pub toc: std::sync::Weak<Toc>,
+    /// Its exact JSON on disk (the mounted snapshot's copy).
+    pub file: std::path::PathBuf,
+}
+
+/// The anchor annotation of a lazy layer descriptor: the eStargz TOC digest,
+/// else the zstd:chunked manifest checksum.
+fn anchor(annotations: &HashMap<String, String>) -> Option<&str> {
+    use crate::format::zstd_chunked::annotations::{LEGACY_MANIFEST_CHECKSUM, MANIFEST_CHECKSUM};
+    [
+        STARGZ_TOC_DIGEST,
+        MANIFEST_CHECKSUM,
+        LEGACY_MANIFEST_CHECKSUM,
+    ]
+    .iter()
+    .find_map(|k| annotations.get(*k))
+    .map(String::as_str)
+}
 
 /// What lazy pulling needs: the registry client, the chunk cache, the runtime
 /// the blocking FUSE threads wait on, and the platform to resolve for.
@@ -75,6 +103,10 @@ pub struct RemoteContext {
     /// Blob size up to which a layer is fetched whole, with its TOC, when it
     /// is resolved (`image::toc::read_toc`); 0 = never.
     pub whole_layer_limit: u64,
+    /// TOCs of mounted remote layers, by layer digest: the same layer pulled
+    /// again (another namespace, another tag, a re-pull) resolves from them,
+    /// without a request, and shares the parsed TOC.
+    pub live: Mutex<HashMap<Digest, LiveToc>>,
 }
 
 /// A layer whose TOC has been fetched and verified.
@@ -95,6 +127,9 @@ pub struct ResolvedLayer {
     /// background fetch, a reopened layer), which do not need it: a large
     /// layer's JSON is tens of MB.
     pub toc_json: Bytes,
+    /// Where the exact TOC JSON already is on disk, when `toc_json` is empty
+    /// because the layer was resolved from a mounted one ([`LiveToc`]).
+    pub toc_file: Option<std::path::PathBuf>,
     /// Blob offset of the TOC.
     pub toc_offset: u64,
     /// The parsed TOC.
@@ -176,6 +211,16 @@ impl RemoteContext {
         let annotations = desc.annotations().as_ref().unwrap_or(&empty);
         let size = desc.size();
         let digest = labels.layer_digest.clone();
+        if let Some(layer) = self.resolve_from_live(
+            &reference,
+            &digest,
+            desc.media_type().to_string(),
+            size,
+            annotations,
+        ) {
+            debug!(layer = %digest, "TOC of a mounted layer reused");
+            return Ok(layer);
+        }
         let src = Source::Registry {
             client: self.client.clone(),
             reference: reference.clone(),
@@ -203,6 +248,7 @@ impl RemoteContext {
             size,
             toc_digest: lt.toc_digest,
             toc_json: Bytes::from(lt.anchored),
+            toc_file: None,
             toc_offset: lt.toc_offset,
             toc: Arc::new(lt.toc),
         };
@@ -219,6 +265,53 @@ impl RemoteContext {
             debug!(layer = %layer.digest, bytes = blob.len(), chunks = n, "small layer fetched whole with its TOC");
         }
         Ok(layer)
+    }
+
+    /// Records that `layer`'s TOC is in use by a mounted layer whose exact
+    /// TOC JSON is `file`, so that the same layer resolves from it again
+    /// (see [`Self::live`]). Entries whose TOC is no longer held go.
+    pub fn register_live(&self, layer: &ResolvedLayer, file: std::path::PathBuf) {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.retain(|_, l| l.toc.strong_count() > 0);
+        live.insert(
+            layer.digest.clone(),
+            LiveToc {
+                toc_digest: layer.toc_digest.clone(),
+                toc_offset: layer.toc_offset,
+                toc: Arc::downgrade(&layer.toc),
+                file,
+            },
+        );
+    }
+
+    /// Layer `digest` resolved from the TOC of a mounted layer, when one is
+    /// held and verified against the same anchor annotation, and its JSON
+    /// file is still there.
+    fn resolve_from_live(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+        media_type: String,
+        size: u64,
+        annotations: &HashMap<String, String>,
+    ) -> Option<ResolvedLayer> {
+        let anchor = anchor(annotations)?;
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let l = live.get(digest)?;
+        if l.toc_digest.as_str() != anchor || !l.file.is_file() {
+            return None;
+        }
+        Some(ResolvedLayer {
+            reference: reference.clone(),
+            digest: digest.clone(),
+            media_type,
+            size,
+            toc_digest: l.toc_digest.clone(),
+            toc_json: Bytes::new(),
+            toc_file: Some(l.file.clone()),
+            toc_offset: l.toc_offset,
+            toc: l.toc.upgrade()?,
+        })
     }
 
     /// The whole blob `digest` from the cache's disk tier, where a small

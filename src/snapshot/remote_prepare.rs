@@ -158,7 +158,15 @@ impl Snapshotter {
         let dir = self.layer_dir(rec.id);
         let made = std::fs::create_dir_all(&dir)
             .and_then(|()| std::fs::create_dir_all(self.work_dir(rec.id)))
-            .and_then(|()| std::fs::write(self.toc_path(rec.id), &layer.toc_json));
+            .and_then(|()| {
+                let dst = self.toc_path(rec.id);
+                match &layer.toc_file {
+                    // Resolved from a mounted layer: the same bytes, linked.
+                    Some(src) if layer.toc_json.is_empty() => std::fs::hard_link(src, &dst)
+                        .or_else(|_| std::fs::copy(src, &dst).map(drop)),
+                    _ => std::fs::write(&dst, &layer.toc_json),
+                }
+            });
         let lower = made
             .map_err(|e| SnapshotError::io(&name, &dir, e))
             .and_then(|()| {
@@ -174,6 +182,7 @@ impl Snapshotter {
                 let task = ctx.rt.spawn(ctx.clone().background(
                     super::remote::ResolvedLayer {
                         toc_json: bytes::Bytes::new(),
+                        toc_file: None,
                         ..layer.clone()
                     },
                     ctx.background_rate,
@@ -185,6 +194,7 @@ impl Snapshotter {
                     (layer.digest.clone(), health),
                     Some(task.abort_handle()),
                 );
+                ctx.register_live(&layer, self.toc_path(rec.id));
                 info!(name, layer = %layer.digest, entries = layer.toc.entries.len(), "remote snapshot ready");
                 // containerd needs AlreadyExists to skip download and unpack.
                 Err(self.hand_out(&rl.target, parent, &name))
@@ -447,6 +457,7 @@ impl Snapshotter {
                     size: r.size,
                     toc_digest,
                     toc_json: bytes::Bytes::new(),
+                    toc_file: None,
                     toc_offset: r.toc_offset,
                     toc: Arc::new(toc),
                 };
@@ -458,6 +469,7 @@ impl Snapshotter {
             match res {
                 Ok((lower, layer, health)) => {
                     // Resume the background fetch (cached chunks are skipped).
+                    ctx.register_live(&layer, self.toc_path(rec.id));
                     let (toc, digest) = (layer.toc.clone(), layer.digest.clone());
                     let task = ctx
                         .rt
