@@ -96,6 +96,17 @@ impl LedBatch {
         Ok(())
     }
 
+    /// Hands over the bytes of `key` that the caller has already checked
+    /// against `key` (e.g. `format::chunk::decode_verified` against the same
+    /// chunk digest), without hashing them again: given to its waiters, kept
+    /// in memory and stored on disk in the background. A key this batch does
+    /// not lead is ignored.
+    pub fn deliver_verified(&mut self, key: &Digest, bytes: Bytes) {
+        if let Some(leader) = self.leaders.remove(key) {
+            self.cache.admit(vec![(leader, bytes)]);
+        }
+    }
+
     /// Ends the flight of `key` with `error` (its waiters get it), when
     /// this batch leads it.
     pub fn fail_key<E>(&mut self, key: &Digest, error: E)
@@ -178,6 +189,27 @@ mod tests {
         c.flush().await;
         assert!(c.contains(&ka) && c.contains(&kb));
         assert_eq!(stats(&c).misses, 3);
+    }
+
+    #[tokio::test]
+    async fn verified_bytes_reach_the_waiters_and_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cache(dir.path());
+        let a = Bytes::from_static(b"checked by the caller");
+        let ka = Digest::sha256_of(&a);
+        let mut batch = c.lead(std::slice::from_ref(&ka));
+        let (c2, ka2) = (Arc::clone(&c), ka.clone());
+        let waiter = tokio::spawn(async move {
+            c2.get_or_fetch(&ka2, async {
+                Err::<Bytes, TestErr>(TestErr("must not fetch".into()))
+            })
+            .await
+        });
+        batch.deliver_verified(&ka, a.clone());
+        assert!(!batch.leads(&ka));
+        assert_eq!(waiter.await.unwrap().unwrap(), a);
+        c.flush().await;
+        assert!(c.contains(&ka));
     }
 
     #[tokio::test]
