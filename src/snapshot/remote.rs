@@ -170,6 +170,28 @@ impl RemoteContext {
     /// [`RemoteError::Unavailable`] for network failures,
     /// [`RemoteError::NotLazy`] for everything that a normal unpack can still do.
     pub async fn resolve_layer(&self, labels: &RemoteLabels) -> Result<ResolvedLayer, RemoteError> {
+        self.resolve_layer_with(labels, true).await
+    }
+
+    /// [`Self::resolve_layer`] that never reuses the TOC of a mounted layer:
+    /// it reads the TOC again (from the cache's kept blob of a small layer,
+    /// else from the registry). For a Prepare whose layer was resolved from a
+    /// mounted one that went away before its TOC file could be linked.
+    ///
+    /// # Errors
+    /// As [`Self::resolve_layer`].
+    pub async fn resolve_layer_afresh(
+        &self,
+        labels: &RemoteLabels,
+    ) -> Result<ResolvedLayer, RemoteError> {
+        self.resolve_layer_with(labels, false).await
+    }
+
+    async fn resolve_layer_with(
+        &self,
+        labels: &RemoteLabels,
+        reuse_live: bool,
+    ) -> Result<ResolvedLayer, RemoteError> {
         let not_lazy = |reason: String| RemoteError::NotLazy {
             reference: labels.reference.clone(),
             layer: labels.layer_digest.to_string(),
@@ -211,13 +233,18 @@ impl RemoteContext {
         let annotations = desc.annotations().as_ref().unwrap_or(&empty);
         let size = desc.size();
         let digest = labels.layer_digest.clone();
-        if let Some(layer) = self.resolve_from_live(
-            &reference,
-            &digest,
-            desc.media_type().to_string(),
-            size,
-            annotations,
-        ) {
+        if let Some(layer) = reuse_live
+            .then(|| {
+                self.resolve_from_live(
+                    &reference,
+                    &digest,
+                    desc.media_type().to_string(),
+                    size,
+                    annotations,
+                )
+            })
+            .flatten()
+        {
             debug!(layer = %digest, "TOC of a mounted layer reused");
             return Ok(layer);
         }

@@ -19,12 +19,13 @@
 //! Unavailable naming the host.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 
 use tracing::{info, warn};
 
 use super::SnapshotError;
-use super::remote::{RemoteError, reopen_toc};
+use super::remote::{RemoteError, ResolvedLayer, reopen_toc};
 use super::snapshotter::Snapshotter;
 use super::store::{Kind, MountMode, Record, RemoteLayer, now_ns};
 use crate::format::Compression;
@@ -48,6 +49,38 @@ pub struct RemoteLower {
 
 /// The TOC JSON of a remote snapshot, beside its (empty) layer dir.
 const TOC_FILE: &str = "toc.json";
+
+/// Writes `dst`, the TOC file of remote snapshot `name`: the TOC JSON in
+/// hand, or for a layer resolved from a mounted one
+/// ([`ResolvedLayer::toc_file`]), a hard link (else a copy) of that
+/// snapshot's file. When that file is gone, because its snapshot was removed
+/// between the resolve and now, `again` reads the TOC afresh (verified
+/// against the same anchor digest) and its JSON is written; its error is
+/// the reason it could not.
+///
+/// # Errors
+/// [`SnapshotError::Io`] when `dst` cannot be written;
+/// [`SnapshotError::Unavailable`] when the TOC cannot be read again.
+fn write_toc_file(
+    name: &str,
+    dst: &Path,
+    layer: &ResolvedLayer,
+    again: impl FnOnce() -> Result<bytes::Bytes, String>,
+) -> Result<(), SnapshotError> {
+    let json = match &layer.toc_file {
+        Some(src) if layer.toc_json.is_empty() => {
+            match std::fs::hard_link(src, dst).or_else(|_| std::fs::copy(src, dst).map(drop)) {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    warn!(name, from = %src.display(), error = %e, "TOC file of the mounted layer is gone; reading the TOC again");
+                    again().map_err(SnapshotError::Unavailable)?
+                }
+            }
+        }
+        _ => layer.toc_json.clone(),
+    };
+    std::fs::write(dst, &json).map_err(|e| SnapshotError::io(name, dst, e))
+}
 
 impl Snapshotter {
     /// An image about to be pulled lazily (Control `PrepareImage`): starts
@@ -158,25 +191,21 @@ impl Snapshotter {
         let dir = self.layer_dir(rec.id);
         let made = std::fs::create_dir_all(&dir)
             .and_then(|()| std::fs::create_dir_all(self.work_dir(rec.id)))
-            .and_then(|()| {
-                let dst = self.toc_path(rec.id);
-                match &layer.toc_file {
-                    // Resolved from a mounted layer: the same bytes, linked.
-                    Some(src) if layer.toc_json.is_empty() => std::fs::hard_link(src, &dst)
-                        .or_else(|_| std::fs::copy(src, &dst).map(drop)),
-                    _ => std::fs::write(&dst, &layer.toc_json),
-                }
-            });
-        let lower = made
             .map_err(|e| SnapshotError::io(&name, &dir, e))
             .and_then(|()| {
-                Lower::remote(&dir, layer.toc.clone(), reader).map_err(|source| {
-                    SnapshotError::Mount {
-                        key: name.clone(),
-                        source,
-                    }
+                write_toc_file(&name, &self.toc_path(rec.id), &layer, || {
+                    ctx.rt
+                        .block_on(ctx.resolve_layer_afresh(&rl))
+                        .map(|fresh| fresh.toc_json)
+                        .map_err(|e| e.to_string())
                 })
             });
+        let lower = made.and_then(|()| {
+            Lower::remote(&dir, layer.toc.clone(), reader).map_err(|source| SnapshotError::Mount {
+                key: name.clone(),
+                source,
+            })
+        });
         match lower {
             Ok(lower) => {
                 let task = ctx.rt.spawn(ctx.clone().background(
@@ -536,5 +565,73 @@ fn compression_name(c: Compression) -> &'static str {
     match c {
         Compression::Gzip => "gzip",
         Compression::Zstd => "zstd",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(json: &[u8], file: Option<std::path::PathBuf>) -> ResolvedLayer {
+        ResolvedLayer {
+            reference: "127.0.0.1:5000/t/x:1".parse().unwrap(),
+            digest: Digest::sha256_of(b"blob"),
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".to_string(),
+            size: 4,
+            toc_digest: Digest::sha256_of(b"{\"toc\":1}"),
+            toc_json: bytes::Bytes::copy_from_slice(json),
+            toc_file: file,
+            toc_offset: 0,
+            toc: Arc::new(crate::format::Toc {
+                compression: Compression::Gzip,
+                entries: Vec::new(),
+            }),
+        }
+    }
+
+    #[test]
+    fn toc_file_is_linked_from_the_mounted_layer_or_read_again_when_it_is_gone() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("mounted.json");
+        std::fs::write(&src, b"{\"toc\":1}").unwrap();
+        // In hand: written as is, nothing read again.
+        let dst = d.path().join("a.json");
+        let never = || -> Result<bytes::Bytes, String> { panic!("read again") };
+        write_toc_file("a", &dst, &layer(b"{\"toc\":1}", None), never).unwrap();
+        assert_eq!(std::fs::read(&dst).unwrap(), b"{\"toc\":1}");
+        // From a mounted layer: a hard link of its file.
+        let dst = d.path().join("b.json");
+        write_toc_file("b", &dst, &layer(b"", Some(src.clone())), never).unwrap();
+        assert_eq!(
+            std::fs::metadata(&dst).unwrap().ino(),
+            std::fs::metadata(&src).unwrap().ino()
+        );
+        // The mounted layer's file went away after the resolve: read again.
+        std::fs::remove_file(&src).unwrap();
+        let dst = d.path().join("c.json");
+        let again = || Ok(bytes::Bytes::from_static(b"{\"toc\":1}"));
+        write_toc_file("c", &dst, &layer(b"", Some(src.clone())), again).unwrap();
+        assert_eq!(std::fs::read(&dst).unwrap(), b"{\"toc\":1}");
+        // And the read fails: Unavailable with its reason, no file left.
+        let dst = d.path().join("d.json");
+        let fails = || {
+            Err(RemoteError::NotLazy {
+                reference: "127.0.0.1:9/t/x:1".to_string(),
+                layer: "sha256:ab".to_string(),
+                reason: "TOC digest mismatch".to_string(),
+            }
+            .to_string())
+        };
+        match write_toc_file("d", &dst, &layer(b"", Some(src)), fails) {
+            Err(SnapshotError::Unavailable(why)) => {
+                assert!(
+                    why.contains("127.0.0.1:9") && why.contains("mismatch"),
+                    "{why}"
+                )
+            }
+            other => panic!("want Unavailable, got {other:?}"),
+        }
+        assert!(!dst.exists());
     }
 }
