@@ -152,6 +152,7 @@ impl BenchEnv {
                 return Err(e);
             }
         } else {
+            env.warn_if_used().await;
             env.metrics_addr = configured_metrics(&env.dir.join("lazysnap.toml"));
             if stargz_bin.is_some() {
                 eprintln!(
@@ -161,6 +162,38 @@ impl BenchEnv {
             }
         }
         Ok(env)
+    }
+
+    /// Warns when namespaces other than the benchmark's hold content: containerd's
+    /// content store is shared by namespaces, so a full pull of an image whose blobs
+    /// are there fetches nothing, and layers left by others share lazysnap's daemon.
+    async fn warn_if_used(&self) {
+        let Ok(list) = output(self.ctr("default").args(["namespaces", "ls", "-q"]), "ctr").await
+        else {
+            return;
+        };
+        let mut used = Vec::new();
+        for ns in list.split_whitespace() {
+            if [NAMESPACE, KEEP_NAMESPACE, OPTIMIZE_NAMESPACE].contains(&ns) {
+                continue;
+            }
+            let content = output(self.ctr(ns).args(["content", "ls", "-q"]), "ctr").await;
+            if let Ok(c) = content
+                && c.lines().next().is_some()
+            {
+                used.push(format!("{ns} ({} blobs)", c.lines().count()));
+            }
+        }
+        if !used.is_empty() {
+            eprintln!(
+                "bench: warning: containerd in {} also holds content of other namespaces: {}. \
+                 A full pull of an image whose blobs are there fetches nothing, and other \
+                 layers share lazysnap's daemon: for figures to publish, run without --env \
+                 (a fresh environment).",
+                self.dir.display(),
+                used.join(", ")
+            );
+        }
     }
 
     /// In an owned environment: log at info (debug logging slows the daemon) and turn

@@ -107,6 +107,37 @@ impl Row {
     }
 }
 
+/// Figures that cannot be right as measured, one sentence each: a cold start
+/// faster than its physical limit (the limit adds medians of other runs, so
+/// with few runs one run's noise can put a start below it), and a full pull
+/// that took no byte from the registry (its blobs were already in
+/// containerd's content store, which namespaces share: the environment was
+/// not empty).
+pub fn caveats(rows: &[Row]) -> Vec<String> {
+    let mut out = Vec::new();
+    for r in rows {
+        if let Some(x) = r.times_limit().filter(|x| *x < 1.0) {
+            out.push(format!(
+                "{} on {}: `{}` started in {x:.2} × its physical limit, below it: noise \
+                 of {} run(s); more runs (--runs) give steadier medians",
+                r.image,
+                r.link.name,
+                r.contender.id(),
+                r.runs
+            ));
+        }
+        if r.contender == Contender::Overlay && r.bytes_exit == 0.0 {
+            out.push(format!(
+                "{} on {}: the full pull took nothing from the registry, so its blobs were \
+                 already in containerd's content store (shared by namespaces); measure in \
+                 a fresh environment (bench without --env)",
+                r.image, r.link.name
+            ));
+        }
+    }
+    out
+}
+
 /// The physical limit (see the module docs) from the rows of one (link, image).
 pub fn physical_limit(link: &Link, rows: &[&Row]) -> Option<f64> {
     let warm = rows.iter().find(|r| r.contender == Contender::Warm)?;
@@ -255,6 +286,14 @@ pub fn markdown(
                 r.times_limit()
                     .map_or("—".to_string(), |x| format!("{x:.2}")),
             );
+        }
+        md.push('\n');
+    }
+    let warnings = caveats(rows);
+    if !warnings.is_empty() {
+        let _ = writeln!(md, "Read with care:\n");
+        for w in warnings {
+            let _ = writeln!(md, "- {w}");
         }
         md.push('\n');
     }
@@ -411,6 +450,50 @@ mod tests {
                 .starts_with("100ms-20mbit,100,20,python,lazysnap,1,2.0000,")
         );
         assert_eq!(runs_csv(&samples).lines().count(), 6);
+    }
+
+    #[test]
+    fn a_start_below_its_limit_and_a_pull_of_nothing_are_flagged() {
+        let link: Link = "100ms-20mbit".parse().unwrap();
+        let cs = [
+            Contender::Warm,
+            Contender::Overlay,
+            Contender::Lazy(Variant::Esgz),
+        ];
+        let mut pull = sample("100ms-20mbit", Contender::Overlay, 0, 3.0, 0);
+        pull.at_exit.bytes_to_client = 0;
+        let samples = vec![
+            sample("100ms-20mbit", Contender::Warm, 0, 1.0, 0),
+            pull,
+            sample("100ms-20mbit", Contender::Lazy(Variant::Esgz), 0, 0.9, 10),
+        ];
+        let flagged = rows(&samples, std::slice::from_ref(&link), &["python"], &cs);
+        let w = caveats(&flagged);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].starts_with("python on 100ms-20mbit: the full pull took nothing"),
+            "{w:?}"
+        );
+        assert!(
+            w[1].starts_with(
+                "python on 100ms-20mbit: `lazysnap` started in 0.75 × its physical limit"
+            ),
+            "{w:?}"
+        );
+        let md = markdown("# t", &[], &flagged, &[], "");
+        assert!(
+            md.contains("Read with care:\n\n- python on 100ms-20mbit: the full pull"),
+            "{md}"
+        );
+        // Nothing to flag: no such section.
+        let fine = vec![
+            sample("100ms-20mbit", Contender::Warm, 0, 1.0, 0),
+            sample("100ms-20mbit", Contender::Overlay, 0, 3.0, 50),
+            sample("100ms-20mbit", Contender::Lazy(Variant::Esgz), 0, 1.5, 10),
+        ];
+        let clean = rows(&fine, &[link], &["python"], &cs);
+        assert!(caveats(&clean).is_empty());
+        assert!(!markdown("# t", &[], &clean, &[], "").contains("Read with care"));
     }
 
     #[test]
