@@ -266,6 +266,24 @@ mod tests {
     }
 
     #[test]
+    fn the_packaged_config_parses_and_spells_out_every_default() {
+        let text = include_str!("../packaging/config.toml");
+        assert_eq!(Config::parse(text).unwrap(), Config::default());
+        // Every key but the optional metrics address is written out.
+        let keys: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split_once(" = ").map(|(k, _)| k))
+            .collect();
+        let all = toml::to_string(&Config::default()).unwrap();
+        for line in all.lines() {
+            if let Some((k, _)) = line.split_once(" = ") {
+                assert!(keys.contains(&k), "packaging/config.toml lacks {k}");
+            }
+        }
+    }
+
+    #[test]
     fn unknown_key_is_an_error_that_names_it() {
         let err = Config::parse("rootdir = \"/x\"").unwrap_err();
         assert!(err.to_string().contains("rootdir"), "{err}");

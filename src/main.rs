@@ -88,11 +88,25 @@ fn init_logs(level: &str) {
 fn main() -> std::process::ExitCode {
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // The reader of our output went away (`lazysnap inspect … | head`):
+        // stop quietly with the status a shell gives a command SIGPIPE ended.
+        Err(e) if closed_output(&e) => std::process::ExitCode::from(141),
         Err(e) => {
             eprintln!("{}", error_report(&e));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Whether `e` comes from writing to a pipe whose reader is gone (EPIPE).
+fn closed_output(e: &anyhow::Error) -> bool {
+    let pipe = Some(std::io::ErrorKind::BrokenPipe);
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().map(std::io::Error::kind) == pipe
+            || c.downcast_ref::<serde_json::Error>()
+                .and_then(serde_json::Error::io_error_kind)
+                == pipe
+    })
 }
 
 /// `error: <message>` and one `  caused by: <cause>` line per cause whose
@@ -182,5 +196,32 @@ mod tests {
         );
         let plain = anyhow::anyhow!("bad --config");
         assert_eq!(super::error_report(&plain), "error: bad --config");
+    }
+
+    #[test]
+    fn a_closed_pipe_is_told_apart_from_other_errors() {
+        let pipe = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        assert!(super::closed_output(
+            &anyhow::Error::new(pipe).context("writing")
+        ));
+        let other = std::io::Error::from(std::io::ErrorKind::NotFound);
+        assert!(!super::closed_output(&anyhow::Error::new(other)));
+        // JSON written to a closed pipe (`inspect --toc N | head`).
+        let json = serde_json::to_writer(Closed, &[1, 2]).unwrap_err();
+        assert!(super::closed_output(&anyhow::Error::new(json)));
+        let bad = serde_json::from_str::<u8>("x").unwrap_err();
+        assert!(!super::closed_output(&anyhow::Error::new(bad)));
+    }
+
+    /// A writer whose reader is gone.
+    struct Closed;
+
+    impl std::io::Write for Closed {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
     }
 }

@@ -30,8 +30,8 @@ pub struct ConvertArgs {
     /// Target layer format: estargz, estargz-zstd or zstd-chunked.
     #[arg(long, default_value = "estargz")]
     format: LayerFormat,
-    /// Largest chunk of a file in bytes (files above it are split).
-    #[arg(long, default_value_t = DEFAULT_CHUNK_SIZE)]
+    /// Largest chunk of a file in bytes, at least 1 (files above it are split).
+    #[arg(long, default_value_t = DEFAULT_CHUNK_SIZE, value_parser = clap::value_parser!(u64).range(1..))]
     chunk_size: u64,
     /// Convert only this platform of an index (`os/arch[/variant]`); default: all.
     #[arg(long)]

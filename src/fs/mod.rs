@@ -49,7 +49,15 @@
 //!   file: reads, writes and mmap then bypass the daemon. Lower files of a
 //!   writable union are served by the daemon through the page cache, so that
 //!   a descriptor opened before a copy-up reads the upper copy after it
-//!   (field case B08). See `passthrough.rs` for the kernel's rules on mixing
+//!   (field case B08). That costs speed where the kernel's FUSE page cache
+//!   holds only 4 KiB pages (Linux 6.18 here: cached sequential reads at
+//!   about 0.7× ext4, whose page cache uses large folios; see the "large
+//!   folios %" column of `scripts/bench-fio.sh`). Passing such a file
+//!   through cannot keep B08: the kernel gives all open files of an inode
+//!   one backing file, so after a copy-up a reader that opened the lower
+//!   file would keep reading it, and a writer opened then would share that
+//!   backing, whose mmap would reach the lower file itself (shared by every
+//!   container). See `passthrough.rs` for the kernel's rules on mixing
 //!   modes. Requests are up to 1 MiB, with a 1 MiB readahead window.
 //! - **Locks** (POSIX and `flock`) are kept by the kernel, locally.
 

@@ -150,6 +150,14 @@ pub fn remote_context(
     rt: tokio::runtime::Handle,
 ) -> Result<RemoteContext, ServeError> {
     let setup = |what: &str, e: String| ServeError::Setup(format!("{what}: {e}"));
+    // Checked before anything is created under `root`.
+    let platform = if l.platform.is_empty() {
+        Platform::host()
+    } else {
+        l.platform
+            .parse()
+            .map_err(|e: RegistryError| setup("platform", e.to_string()))?
+    };
     let client = RegistryClient::new(ClientOptions {
         insecure_hosts: l.insecure_registries.clone(),
         hosts_dir: l.hosts_dir.clone(),
@@ -163,13 +171,6 @@ pub fn remote_context(
     })
     .map_err(|e| setup("chunk cache", e.to_string()))?;
     cache.export_metrics();
-    let platform = if l.platform.is_empty() {
-        Platform::host()
-    } else {
-        l.platform
-            .parse()
-            .map_err(|e: RegistryError| setup("platform", e.to_string()))?
-    };
     Ok(RemoteContext {
         client,
         cache,

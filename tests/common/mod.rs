@@ -72,7 +72,7 @@ fn parse_env_file(path: &Path) -> BTreeMap<String, String> {
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     text.lines()
         .filter(|l| !l.trim_start().starts_with('#'))
-        .filter_map(|l| l.split_once('='))
+        .filter_map(|l| l.trim_start().trim_start_matches("export ").split_once('='))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect()
 }

@@ -76,7 +76,7 @@ fn parse_env_file(path: &Path) -> anyhow::Result<BTreeMap<String, String>> {
     Ok(text
         .lines()
         .filter(|l| !l.trim_start().starts_with('#'))
-        .filter_map(|l| l.split_once('='))
+        .filter_map(|l| l.trim_start().trim_start_matches("export ").split_once('='))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect())
 }
@@ -620,7 +620,11 @@ mod tests {
     fn env_file_and_metrics_address_are_read() {
         let d = tempfile::tempdir().unwrap();
         let env = d.path().join("env");
-        std::fs::write(&env, "# comment\nREGISTRY=127.0.0.1:5000\nLAZYSNAP_PID=\n").unwrap();
+        std::fs::write(
+            &env,
+            "# comment\nexport REGISTRY=127.0.0.1:5000\nLAZYSNAP_PID=\n",
+        )
+        .unwrap();
         let vars = parse_env_file(&env).unwrap();
         assert_eq!(vars["REGISTRY"], "127.0.0.1:5000");
         assert_eq!(vars["LAZYSNAP_PID"], "");
