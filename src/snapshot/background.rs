@@ -74,6 +74,25 @@ fn split(layer: &ResolvedLayer) -> (Vec<Item>, Vec<Item>) {
     }
 }
 
+/// How long the background pass of an optimized layer waits after the last
+/// fetch for a read before each of its requests: the image's start is in
+/// the landmark prefetch, and the few reads that still miss must not queue
+/// behind a background batch on the link. A layer without a landmark has no
+/// such list: its pass runs between the start's reads, in blob order, the
+/// order a start tends to read in; on a link where round trips cost more
+/// than bytes that shortens the start (python, 20 ms / 200 Mbit: 0.83 s
+/// against 1.08 s without a pass), where bytes cost more it lengthens it
+/// (100 ms / 20 Mbit: 5.5 s against 4.6 s).
+const OPTIMIZED_QUIET: Duration = Duration::from_millis(500);
+
+/// Whether `layer` was written with a prefetch list (either landmark).
+fn optimized(layer: &ResolvedLayer) -> bool {
+    layer.toc.entries.iter().any(|e| {
+        e.kind == EntryKind::Reg
+            && (e.name == ".prefetch.landmark" || e.name == ".no.prefetch.landmark")
+    })
+}
+
 /// Blob offset of `.prefetch.landmark`, when the layer has one.
 fn landmark(layer: &ResolvedLayer) -> Option<u64> {
     layer
@@ -207,6 +226,11 @@ impl RemoteContext {
             c.end - c.offset
         };
         let (prefetch, rest) = split(&layer);
+        let quiet = if optimized(&layer) {
+            OPTIMIZED_QUIET
+        } else {
+            Duration::ZERO
+        };
         let total_bytes: u64 = prefetch.iter().chain(&rest).map(span).sum();
         self.fetch_prefetch(&layer, &prefetch).await;
         let counters = crate::metrics::layer(&layer.digest.as_str());
@@ -242,7 +266,7 @@ impl RemoteContext {
                 batch.push(item);
             }
             if !batch.is_empty() && (batch_bytes >= BATCH_BYTES || last) {
-                super::stream::demand_idle().await;
+                super::stream::demand_quiet(quiet).await;
                 if let Err(e) = self.background_batch(&layer, &batch, fetch).await {
                     debug!(layer = %layer.digest, error = %e, "background fetch stopped");
                     return;
@@ -257,5 +281,44 @@ impl RemoteContext {
             }
         }
         info!(layer = %layer.digest, chunks = total, fetched, "background fetch done");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{Compression, Entry, Toc};
+
+    fn layer(names: &[&str]) -> ResolvedLayer {
+        let entries = names
+            .iter()
+            .map(|n| Entry::new(*n, EntryKind::Reg))
+            .collect();
+        ResolvedLayer {
+            reference: "127.0.0.1:5000/t/x:1".parse().unwrap(),
+            digest: Digest::sha256_of(b"blob"),
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".to_string(),
+            size: 4,
+            toc_digest: Digest::sha256_of(b"toc"),
+            toc_json: bytes::Bytes::new(),
+            toc_file: None,
+            toc_offset: 0,
+            toc: Arc::new(Toc {
+                compression: Compression::Gzip,
+                entries,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_layer_with_either_landmark_is_optimized() {
+        assert!(optimized(&layer(&[
+            "usr/bin/python3",
+            ".prefetch.landmark",
+            "etc/x"
+        ])));
+        assert!(optimized(&layer(&[".no.prefetch.landmark", "etc/x"])));
+        assert!(!optimized(&layer(&["usr/bin/python3", "etc/x"])));
+        assert!(!optimized(&layer(&["etc/.prefetch.landmark"])));
     }
 }

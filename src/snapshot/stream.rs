@@ -102,26 +102,51 @@ impl Demand {
 
 impl Drop for Demand {
     fn drop(&mut self) {
+        *LAST_DEMAND
+            .get_or_init(|| Mutex::new(None))
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(tokio::time::Instant::now());
         DEMAND.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
-/// How often [`demand_idle`] looks again.
+/// When the last fetch for a read ended (`None`: none yet).
+static LAST_DEMAND: std::sync::OnceLock<Mutex<Option<tokio::time::Instant>>> =
+    std::sync::OnceLock::new();
+
+fn since_last_demand() -> Option<Duration> {
+    LAST_DEMAND
+        .get_or_init(|| Mutex::new(None))
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .map(|t| t.elapsed())
+}
+
+/// How often [`demand_quiet`] looks again.
 const IDLE_POLL: Duration = Duration::from_millis(5);
 
-/// Longest [`demand_idle`] waits: reads keep the link first, but a fetch for
+/// Longest [`demand_quiet`] waits: reads keep the link first, but a fetch for
 /// a read that hangs on a registry that is gone (retrying, then failing) must
 /// not stop every background pass of the daemon.
 pub const DEMAND_YIELD_MAX: Duration = Duration::from_secs(1);
 
-/// Returns once no fetch for a read is under way, or after
-/// [`DEMAND_YIELD_MAX`]: the background fetch waits here before each of its
-/// requests, so that it does not share the link with a read that waits.
-pub(super) async fn demand_idle() {
+/// Returns once no fetch for a read is under way and the last one ended at
+/// least `quiet` ago, or after [`DEMAND_YIELD_MAX`] in all: the background
+/// fetch waits here before each of its requests, so that it does not share
+/// the link with a read that waits.
+pub(super) async fn demand_quiet(quiet: Duration) {
     let deadline = tokio::time::Instant::now() + DEMAND_YIELD_MAX;
-    while DEMAND.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+    while tokio::time::Instant::now() < deadline
+        && link_busy(DEMAND.load(Ordering::SeqCst), since_last_demand(), quiet)
+    {
         tokio::time::sleep(IDLE_POLL).await;
     }
+}
+
+/// Whether a background request should wait: `in_flight` fetches for reads
+/// are under way, or the last one ended `since_last` ago, less than `quiet`.
+fn link_busy(in_flight: usize, since_last: Option<Duration>, quiet: Duration) -> bool {
+    in_flight > 0 || since_last.is_some_and(|d| d < quiet)
 }
 
 impl RemoteContext {
@@ -310,5 +335,25 @@ impl RemoteContext {
         let batch = self.cache.lead(&keys);
         self.stream_chunks(reference, digest, toc, items, batch, counters, None)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn background_waits_for_reads_and_then_for_the_quiet_period() {
+        let ms = Duration::from_millis;
+        // A read's fetch under way: wait, whatever the quiet period.
+        assert!(link_busy(1, None, Duration::ZERO));
+        assert!(link_busy(2, Some(ms(900)), ms(500)));
+        // No quiet period (a layer without a landmark): go as soon as none is.
+        assert!(!link_busy(0, Some(Duration::ZERO), Duration::ZERO));
+        // An optimized layer's pass: not before 500 ms after the last read's fetch.
+        assert!(link_busy(0, Some(ms(100)), ms(500)));
+        assert!(!link_busy(0, Some(ms(500)), ms(500)));
+        // No read fetched anything yet.
+        assert!(!link_busy(0, None, ms(500)));
     }
 }

@@ -164,8 +164,10 @@ impl Contender {
         match self {
             Contender::Overlay => "overlayfs, full pull (gzip)",
             Contender::Warm => "warm start (overlayfs, image local, page cache dropped)",
-            Contender::Lazy(Variant::EsgzOpt) => "lazysnap lazy (eStargz, optimized)",
-            Contender::Lazy(_) => "lazysnap lazy (eStargz)",
+            Contender::Lazy(Variant::EsgzOpt) => {
+                "lazysnap lazy (eStargz, optimized; background fetch off, as for stargz)"
+            }
+            Contender::Lazy(_) => "lazysnap lazy (eStargz; background fetch off, as for stargz)",
             Contender::Cached(Variant::EsgzOpt) => {
                 "lazysnap, chunk cache warm (optimized; kept by a 2nd namespace's reference)"
             }
