@@ -230,6 +230,8 @@ def large_folios(path, size=64 << 20):
     size = min(size, os.fstat(fd).st_size)
     addr = libc.mmap(None, size, 1, 1, fd, 0)  # PROT_READ, MAP_SHARED
     os.close(fd)
+    if addr in (None, ctypes.c_void_p(-1).value):
+        raise OSError(ctypes.get_errno(), f"mmap {path}")
     big = present = 0
     try:
         with open("/proc/self/pagemap", "rb") as pm, open("/proc/kpageflags", "rb") as kf:

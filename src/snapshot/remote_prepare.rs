@@ -194,10 +194,17 @@ impl Snapshotter {
             .map_err(|e| SnapshotError::io(&name, &dir, e))
             .and_then(|()| {
                 write_toc_file(&name, &self.toc_path(rec.id), &layer, || {
-                    ctx.rt
+                    let fresh = ctx
+                        .rt
                         .block_on(ctx.resolve_layer_afresh(&rl))
-                        .map(|fresh| fresh.toc_json)
-                        .map_err(|e| e.to_string())
+                        .map_err(|e| e.to_string())?;
+                    if fresh.toc_digest != layer.toc_digest {
+                        return Err(format!(
+                            "layer {}: its TOC read again has digest {}, the mounted one {}",
+                            layer.digest, fresh.toc_digest, layer.toc_digest
+                        ));
+                    }
+                    Ok(fresh.toc_json)
                 })
             });
         let lower = made.and_then(|()| {
