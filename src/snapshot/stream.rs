@@ -9,7 +9,7 @@
 //! (`window.rs`).
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -131,15 +131,50 @@ const IDLE_POLL: Duration = Duration::from_millis(5);
 pub const DEMAND_YIELD_MAX: Duration = Duration::from_secs(1);
 
 /// Returns once no fetch for a read is under way and the last one ended at
-/// least `quiet` ago, or after [`DEMAND_YIELD_MAX`] in all: the background
+/// least `quiet()` ago (asked again at each look), or after
+/// [`DEMAND_YIELD_MAX`] in all: the background
 /// fetch waits here before each of its requests, so that it does not share
 /// the link with a read that waits.
-pub(super) async fn demand_quiet(quiet: Duration) {
+pub(super) async fn demand_quiet(quiet: impl Fn() -> Duration) {
     let deadline = tokio::time::Instant::now() + DEMAND_YIELD_MAX;
     while tokio::time::Instant::now() < deadline
-        && link_busy(DEMAND.load(Ordering::SeqCst), since_last_demand(), quiet)
+        && link_busy(DEMAND.load(Ordering::SeqCst), since_last_demand(), quiet())
     {
         tokio::time::sleep(IDLE_POLL).await;
+    }
+}
+
+/// The registry link's rate, bytes per second: the largest rate range
+/// fetches long enough to tell (at least [`RATE_SAMPLE_BYTES`] after their
+/// first bytes) got, each older one counting 10 % less per fetch since
+/// (fetches that shared the link see part of it; a link that got slower
+/// shows after a few); 0 until one. One figure for the daemon: a host
+/// usually pulls from one registry, or mirrors of it.
+static LINK_RATE: AtomicU64 = AtomicU64::new(0);
+
+/// Smallest transfer [`LINK_RATE`] is measured on.
+const RATE_SAMPLE_BYTES: u64 = 256 << 10;
+
+fn link_rate_sample(bytes: u64, took: Duration) {
+    if bytes >= RATE_SAMPLE_BYTES && !took.is_zero() {
+        let rate = (bytes as f64 / took.as_secs_f64()) as u64;
+        let _ = LINK_RATE.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+            Some(next_rate(old, rate))
+        });
+    }
+}
+
+/// [`LINK_RATE`] after a fetch at `rate` when it was `old`.
+fn next_rate(old: u64, rate: u64) -> u64 {
+    rate.max(old / 10 * 9)
+}
+
+/// The registry link's rate, bytes per second, when measured (see
+/// [`LINK_RATE`]).
+pub(super) fn link_rate() -> Option<u64> {
+    match LINK_RATE.load(Ordering::Relaxed) {
+        0 => None,
+        r => Some(r),
     }
 }
 
@@ -262,15 +297,24 @@ impl RemoteContext {
             stop,
         });
         let lock = || stream.lock().unwrap_or_else(|p| p.into_inner());
+        // When the first bytes came, and how many: the rest measures the link.
+        let first: Mutex<Option<(tokio::time::Instant, usize)>> = Mutex::new(None);
         let result = self
             .client
             .read_range_progressive(reference, digest, start, end, &|prefix: &[u8]| {
+                first
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert_with(|| (tokio::time::Instant::now(), prefix.len()));
                 lock().advance(prefix);
             })
             .await;
         let stream = stream.into_inner().unwrap_or_else(|p| p.into_inner());
         match result {
             Ok(span) => {
+                if let Some((t, n)) = *first.lock().unwrap_or_else(|p| p.into_inner()) {
+                    link_rate_sample(span.len().saturating_sub(n) as u64, t.elapsed());
+                }
                 counters.fetched(span.len() as u64);
                 let mut stream = stream;
                 stream.advance(&span);
@@ -341,6 +385,21 @@ impl RemoteContext {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_link_rate_is_the_largest_recent_one() {
+        assert_eq!(next_rate(0, 1000), 1000);
+        // A fetch that shared the link does not lower it at once…
+        assert_eq!(next_rate(1000, 500), 900);
+        assert_eq!(next_rate(900, 500), 810);
+        // …a slower link shows after a few fetches, a faster one at once.
+        let mut r = 25_000_000;
+        for _ in 0..25 {
+            r = next_rate(r, 2_500_000);
+        }
+        assert_eq!(r, 2_500_000);
+        assert_eq!(next_rate(r, 25_000_000), 25_000_000);
+    }
 
     #[test]
     fn background_waits_for_reads_and_then_for_the_quiet_period() {
