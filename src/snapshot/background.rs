@@ -6,9 +6,11 @@
 //! - **Background fetch**: then the rest of the layer, in blob order, in range
 //!   requests of up to [`BATCH_BYTES`] of compressed data, paced to a byte
 //!   rate, so a container stops depending on the registry. It yields to
-//!   reads: a request starts only while no fetch for a read is under way,
-//!   or after waiting `stream::DEMAND_YIELD_MAX` for that (so a read stuck on
-//!   a registry that is gone does not stop it). Chunks already cached are skipped; chunks in
+//!   reads: a request starts only while no fetch for a read is under way
+//!   and, for an optimized layer or on a slow link, once none has been for
+//!   a quiet period (see [`quiet`]), or after waiting
+//!   `stream::DEMAND_YIELD_MAX` for that (so a read stuck on a registry that
+//!   is gone does not stop it). Chunks already cached are skipped; chunks in
 //!   flight elsewhere (a read, or the pass of another snapshot of the same
 //!   layer) are waited for and fetched here if that fetch fails, so a dead
 //!   source of one snapshot does not stall the pass of another. A FUSE read
