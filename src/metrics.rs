@@ -20,6 +20,7 @@
 //! | `registry_fetch_errors_total` | counter | `layer`, `source` | fetches that failed (after the client's retries) |
 //! | `background_fetch_done_bytes` | gauge | `layer` | background fetch: chunk bytes cached so far |
 //! | `background_fetch_total_bytes` | gauge | `layer` | background fetch: chunk bytes of the layer |
+//! | `registry_link_rate_bytes` | gauge | | registry link rate the daemon measured, bytes/s (0: not yet) |
 //! | `cache_hits_total` | counter | `tier` (`memory`, `disk`) | chunks served from the cache |
 //! | `cache_misses_total` | counter | | chunks that were in neither tier |
 //! | `cache_evictions_total` | counter | `tier` | chunks evicted to make room |
@@ -325,6 +326,7 @@ pub struct Metrics {
     fetch_errors: Family<FetchLabels, Counter>,
     background_done: Family<LayerLabel, U64Gauge>,
     background_total: Family<LayerLabel, U64Gauge>,
+    link_rate: U64Gauge,
     fuse_ops: Family<OpResult, Counter>,
     fuse_latency: Family<OpLabel, Histogram, fn() -> Histogram>,
     cache: Arc<CacheCollector>,
@@ -345,6 +347,7 @@ impl Metrics {
         let fetch_errors = Family::<FetchLabels, Counter>::default();
         let background_done = Family::<LayerLabel, U64Gauge>::default();
         let background_total = Family::<LayerLabel, U64Gauge>::default();
+        let link_rate = U64Gauge::default();
         let fuse_ops = Family::<OpResult, Counter>::default();
         let fuse_latency: Family<OpLabel, Histogram, fn() -> Histogram> =
             Family::new_with_constructor(fuse_buckets);
@@ -376,6 +379,12 @@ impl Metrics {
             background_total.clone(),
         );
         registry.register(
+            "registry_link_rate_bytes",
+            "Rate of the registry link measured on range fetches (largest recent), bytes per \
+             second; the background fetch runs between reads only on a fast link",
+            link_rate.clone(),
+        );
+        registry.register(
             "fuse_ops",
             "FUSE operations answered, by operation and result",
             fuse_ops.clone(),
@@ -393,10 +402,16 @@ impl Metrics {
             fetch_errors,
             background_done,
             background_total,
+            link_rate,
             fuse_ops,
             fuse_latency,
             cache,
         }
+    }
+
+    /// Sets the registry link rate the daemon measured, bytes per second.
+    pub fn set_link_rate(&self, bytes_per_second: u64) {
+        self.link_rate.set(bytes_per_second);
     }
 
     /// The fetch counters of layer `digest` (`sha256:<hex>`), made now for

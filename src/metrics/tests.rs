@@ -207,7 +207,7 @@ fn output_is_prometheus_text_format() {
             assert!(labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')));
         }
     }
-    assert_eq!(typed.len(), 12, "{t}");
+    assert_eq!(typed.len(), 13, "{t}");
     assert!(!t.contains("# EOF"), "0.0.4 text has no EOF marker");
 }
 
@@ -223,5 +223,19 @@ fn global_fuse_op_records_in_the_process_metrics() {
     assert_eq!(
         FetchSource::ALL.map(FetchSource::as_str).join(","),
         "read,readahead,prefetch,background,whole,toc"
+    );
+}
+
+#[test]
+fn the_link_rate_is_a_gauge() {
+    let m = Metrics::new();
+    assert_eq!(
+        value(&m.render(), "lazysnap_registry_link_rate_bytes"),
+        Some(0.0)
+    );
+    m.set_link_rate(25_000_000);
+    assert_eq!(
+        value(&m.render(), "lazysnap_registry_link_rate_bytes"),
+        Some(25_000_000.0)
     );
 }
