@@ -5,7 +5,7 @@
 //! `estargz-zstd`, `zstd:chunked` or `-`), TOC digest, entry and chunk counts, and the
 //! prefetch landmark (`prefetch` when `.prefetch.landmark` is present, `none` for
 //! `.no.prefetch.landmark`, `-` without either). `--json` prints the same as one JSON
-//! document; `--toc LAYER` prints that layer's TOC as JSON.
+//! document (there the landmark is `null` without either); `--toc LAYER` prints that layer's TOC as JSON.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -205,18 +205,20 @@ fn row(i: usize, digest: &Digest, size: u64, media_type: &str, toc: Option<&Laye
             TocKind::ZstdChunked => "zstd:chunked",
         };
         let has = |n: &str| t.toc.entries.iter().any(|e| e.name == n);
+        // `null` (shown as `-`) without either: not an optimized eStargz layer
+        // (zstd:chunked has no landmark).
         let landmark = if has(".prefetch.landmark") {
-            "prefetch"
+            json!("prefetch")
         } else if has(".no.prefetch.landmark") {
-            "none"
+            json!("none")
         } else {
-            "-"
+            Value::Null
         };
         r["format"] = json!(format);
         r["tocDigest"] = json!(t.toc_digest.to_string());
         r["entries"] = json!(t.toc.entries.len());
         r["chunks"] = json!(t.toc.entries.iter().map(|e| e.chunk_count()).sum::<usize>());
-        r["landmark"] = json!(landmark);
+        r["landmark"] = landmark;
     }
     r
 }
