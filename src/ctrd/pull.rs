@@ -209,7 +209,7 @@ impl Puller<'_> {
             .registry
             .resolve(r, &self.opts.platform)
             .await
-            .map_err(self.registry_err(format!("resolving {r}")))?;
+            .map_err(self.registry_err("resolving the reference".to_string()))?;
         let manifest = &resolved.manifest;
         let layers = manifest
             .layers()
