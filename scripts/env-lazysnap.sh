@@ -45,7 +45,7 @@ do_start() {
   fi
   # keep the env file's PID current
   if [ -f "$DIR/env" ]; then
-    sed -i "s/^export LAZYSNAP_PID=.*/export LAZYSNAP_PID=$pid/; s/^LAZYSNAP_PID=.*/export LAZYSNAP_PID=$pid/" "$DIR/env"
+    sed -i "s/^LAZYSNAP_PID=.*/LAZYSNAP_PID=$pid/" "$DIR/env"
   fi
 }
 

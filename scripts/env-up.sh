@@ -118,17 +118,18 @@ fi
 
 cat >"$DIR/env" <<ENV
 # lazysnap test environment (scripts/env-up.sh); source it: . DIR/env
-export ENV_DIR=$DIR
-export REGISTRY=$REGISTRY
+# (the two sockets are exported: ctr and lazysnap's own commands read them)
+ENV_DIR=$DIR
+REGISTRY=$REGISTRY
 export CONTAINERD_ADDRESS=$DIR/containerd.sock
 export LAZYSNAP_ADDRESS=$DIR/lazysnap.sock
-export LAZYSNAP_ROOT=$DIR/lazysnap
-export LAZYSNAP_LOG=$DIR/lazysnap.log
-export LAZYSNAP_BIN=$BIN
-export METRICS_ADDRESS=$METRICS_ADDRESS
-export CONTAINERD_STATE=$DIR/containerd/state
-export REGISTRY_PID=$(cat "$DIR/registry.pid")
-export CONTAINERD_PID=$(cat "$DIR/containerd.pid")
-export LAZYSNAP_PID=$(cat "$DIR/lazysnap.pid" 2>/dev/null || echo)
+LAZYSNAP_ROOT=$DIR/lazysnap
+LAZYSNAP_LOG=$DIR/lazysnap.log
+LAZYSNAP_BIN=$BIN
+METRICS_ADDRESS=$METRICS_ADDRESS
+CONTAINERD_STATE=$DIR/containerd/state
+REGISTRY_PID=$(cat "$DIR/registry.pid")
+CONTAINERD_PID=$(cat "$DIR/containerd.pid")
+LAZYSNAP_PID=$(cat "$DIR/lazysnap.pid" 2>/dev/null || echo)
 ENV
 log "environment up in $DIR (registry $REGISTRY)"

@@ -85,12 +85,35 @@ fn init_logs(level: &str) {
         .init();
 }
 
+/// Exit status of a command whose standard output's reader went away: the
+/// status a shell gives a command that SIGPIPE ended.
+const CLOSED_OUTPUT_STATUS: u8 = 141;
+
 fn main() -> std::process::ExitCode {
+    // `println!` panics when standard output is a pipe nobody reads any more
+    // (`lazysnap inspect … | head`): end quietly instead, as tools that
+    // SIGPIPE ends do. Any other panic is reported as usual.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let text = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if text.contains("failed printing to stdout") && stdout_gone() {
+            std::process::exit(CLOSED_OUTPUT_STATUS.into());
+        }
+        report(info);
+    }));
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        // The reader of our output went away (`lazysnap inspect … | head`):
-        // stop quietly with the status a shell gives a command SIGPIPE ended.
-        Err(e) if closed_output(&e) => std::process::ExitCode::from(141),
+        // The reader of our output went away: stop quietly, as above. (A
+        // broken pipe to a socket, the registry's or a daemon's, is an error
+        // like any other.)
+        Err(e) if broken_pipe(&e) && stdout_gone() => {
+            std::process::ExitCode::from(CLOSED_OUTPUT_STATUS)
+        }
         Err(e) => {
             eprintln!("{}", error_report(&e));
             std::process::ExitCode::FAILURE
@@ -98,8 +121,22 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// Whether `e` comes from writing to a pipe whose reader is gone (EPIPE).
-fn closed_output(e: &anyhow::Error) -> bool {
+/// Whether standard output is a pipe whose reader is gone: poll(2) reports
+/// POLLERR on the write end of such a pipe (never on a file or a terminal).
+fn stdout_gone() -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    let out = std::io::stdout();
+    let mut fds = [PollFd::new(out.as_fd(), PollFlags::POLLOUT)];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+        && fds[0]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLERR))
+}
+
+/// Whether `e` comes from writing to a pipe or socket whose reader is gone
+/// (EPIPE), directly or through serde_json.
+fn broken_pipe(e: &anyhow::Error) -> bool {
     let pipe = Some(std::io::ErrorKind::BrokenPipe);
     e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>().map(std::io::Error::kind) == pipe
@@ -199,18 +236,18 @@ mod tests {
     }
 
     #[test]
-    fn a_closed_pipe_is_told_apart_from_other_errors() {
+    fn a_broken_pipe_is_told_apart_from_other_errors() {
         let pipe = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
-        assert!(super::closed_output(
+        assert!(super::broken_pipe(
             &anyhow::Error::new(pipe).context("writing")
         ));
         let other = std::io::Error::from(std::io::ErrorKind::NotFound);
-        assert!(!super::closed_output(&anyhow::Error::new(other)));
+        assert!(!super::broken_pipe(&anyhow::Error::new(other)));
         // JSON written to a closed pipe (`inspect --toc N | head`).
         let json = serde_json::to_writer(Closed, &[1, 2]).unwrap_err();
-        assert!(super::closed_output(&anyhow::Error::new(json)));
+        assert!(super::broken_pipe(&anyhow::Error::new(json)));
         let bad = serde_json::from_str::<u8>("x").unwrap_err();
-        assert!(!super::closed_output(&anyhow::Error::new(bad)));
+        assert!(!super::broken_pipe(&anyhow::Error::new(bad)));
     }
 
     /// A writer whose reader is gone.

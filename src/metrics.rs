@@ -20,7 +20,7 @@
 //! | `registry_fetch_errors_total` | counter | `layer`, `source` | fetches that failed (after the client's retries) |
 //! | `background_fetch_done_bytes` | gauge | `layer` | background fetch: chunk bytes cached so far |
 //! | `background_fetch_total_bytes` | gauge | `layer` | background fetch: chunk bytes of the layer |
-//! | `registry_link_rate_bytes` | gauge | | registry link rate the daemon measured, bytes/s (0: not yet) |
+//! | `registry_link_rate_bytes_per_second` | gauge | | registry link rate the daemon measured, bytes/s (0: not yet) |
 //! | `cache_hits_total` | counter | `tier` (`memory`, `disk`) | chunks served from the cache |
 //! | `cache_misses_total` | counter | | chunks that were in neither tier |
 //! | `cache_evictions_total` | counter | `tier` | chunks evicted to make room |
@@ -379,7 +379,7 @@ impl Metrics {
             background_total.clone(),
         );
         registry.register(
-            "registry_link_rate_bytes",
+            "registry_link_rate_bytes_per_second",
             "Rate of the registry link measured on range fetches (largest recent), bytes per \
              second; the background fetch runs between reads only on a fast link",
             link_rate.clone(),

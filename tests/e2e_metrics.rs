@@ -440,7 +440,7 @@ fn lazy_run_counts_what_the_registry_served() {
     assert!(misses > 0.0, "cache misses did not move");
     // Python's start reads whole fetch windows (1 MiB): the link was measured, at a
     // rate no loopback link falls below.
-    let rate = first.sum("lazysnap_registry_link_rate_bytes", &[]);
+    let rate = first.sum("lazysnap_registry_link_rate_bytes_per_second", &[]);
     assert!(rate > 1e6, "link rate {rate} B/s after a lazy start");
     for op in ["lookup", "read"] {
         let n = grew(

@@ -51,7 +51,7 @@
 //!   a descriptor opened before a copy-up reads the upper copy after it
 //!   (field case B08). That costs speed where the kernel's FUSE page cache
 //!   holds only 4 KiB pages (Linux 6.18 here: cached sequential reads at
-//!   about 0.7× ext4, whose page cache uses large folios; see the "large
+//!   0.7–0.9× ext4, whose page cache uses large folios; see the "large
 //!   folios %" column of `scripts/bench-fio.sh`). Passing such a file
 //!   through cannot keep B08: the kernel gives all open files of an inode
 //!   one backing file, so after a copy-up a reader that opened the lower

@@ -230,12 +230,12 @@ fn global_fuse_op_records_in_the_process_metrics() {
 fn the_link_rate_is_a_gauge() {
     let m = Metrics::new();
     assert_eq!(
-        value(&m.render(), "lazysnap_registry_link_rate_bytes"),
+        value(&m.render(), "lazysnap_registry_link_rate_bytes_per_second"),
         Some(0.0)
     );
     m.set_link_rate(25_000_000);
     assert_eq!(
-        value(&m.render(), "lazysnap_registry_link_rate_bytes"),
+        value(&m.render(), "lazysnap_registry_link_rate_bytes_per_second"),
         Some(25_000_000.0)
     );
 }

@@ -77,7 +77,9 @@ fn split(layer: &ResolvedLayer) -> (Vec<Item>, Vec<Item>) {
 }
 
 /// How long a background pass waits after the last fetch for a read before
-/// each of its requests, when it waits (see [`quiet`]).
+/// each of its requests, when it waits (see [`quiet`]); it never waits more
+/// than `stream::DEMAND_YIELD_MAX` (1 s) in all, so reads that keep coming
+/// slow the pass down but do not stop it.
 const QUIET: Duration = Duration::from_millis(500);
 
 /// Longest a background batch may hold the link for the pass to run between

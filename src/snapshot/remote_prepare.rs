@@ -59,8 +59,9 @@ const TOC_FILE: &str = "toc.json";
 /// the reason it could not.
 ///
 /// # Errors
-/// [`SnapshotError::Io`] when `dst` cannot be written;
-/// [`SnapshotError::Unavailable`] when the TOC cannot be read again.
+/// [`SnapshotError::Io`] when `dst` cannot be written (or linked or copied
+/// from a file that is still there); [`SnapshotError::Unavailable`] when the
+/// TOC cannot be read again.
 fn write_toc_file(
     name: &str,
     dst: &Path,
@@ -71,10 +72,11 @@ fn write_toc_file(
         Some(src) if layer.toc_json.is_empty() => {
             match std::fs::hard_link(src, dst).or_else(|_| std::fs::copy(src, dst).map(drop)) {
                 Ok(()) => return Ok(()),
-                Err(e) => {
-                    warn!(name, from = %src.display(), error = %e, "TOC file of the mounted layer is gone; reading the TOC again");
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && !src.exists() => {
+                    warn!(name, from = %src.display(), "TOC file of the mounted layer is gone; reading the TOC again");
                     again().map_err(SnapshotError::Unavailable)?
                 }
+                Err(e) => return Err(SnapshotError::io(name, dst, e)),
             }
         }
         _ => layer.toc_json.clone(),
@@ -620,6 +622,15 @@ mod tests {
         let again = || Ok(bytes::Bytes::from_static(b"{\"toc\":1}"));
         write_toc_file("c", &dst, &layer(b"", Some(src.clone())), again).unwrap();
         assert_eq!(std::fs::read(&dst).unwrap(), b"{\"toc\":1}");
+        // A file that is there but cannot be linked or copied (here: the
+        // destination's dir is missing) is an I/O error, not read again.
+        let src2 = d.path().join("mounted2.json");
+        std::fs::write(&src2, b"{\"toc\":1}").unwrap();
+        let nodir = d.path().join("no/such/dir/e.json");
+        match write_toc_file("e", &nodir, &layer(b"", Some(src2)), never) {
+            Err(SnapshotError::Io { path, .. }) => assert_eq!(path, nodir),
+            other => panic!("want Io, got {other:?}"),
+        }
         // And the read fails: Unavailable with its reason, no file left.
         let dst = d.path().join("d.json");
         let fails = || {

@@ -158,12 +158,10 @@ const RATE_SAMPLE_BYTES: u64 = 256 << 10;
 fn link_rate_sample(bytes: u64, took: Duration) {
     if bytes >= RATE_SAMPLE_BYTES && !took.is_zero() {
         let rate = (bytes as f64 / took.as_secs_f64()) as u64;
-        let old = LINK_RATE
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
-                Some(next_rate(old, rate))
-            })
-            .unwrap_or_else(|old| old);
-        crate::metrics::global().set_link_rate(next_rate(old, rate));
+        let _ = LINK_RATE.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+            Some(next_rate(old, rate))
+        });
+        crate::metrics::global().set_link_rate(LINK_RATE.load(Ordering::Relaxed));
     }
 }
 

@@ -153,6 +153,14 @@ impl BenchEnv {
             }
         } else {
             env.warn_if_used().await;
+            let toml = std::fs::read_to_string(env.dir.join("lazysnap.toml")).unwrap_or_default();
+            if toml.lines().any(|l| l.trim() == "background_fetch = true") {
+                eprintln!(
+                    "bench: note: lazysnap in {} fetches in the background: its lazy \
+                     contenders' bytes include that pass (an environment bench starts has it off)",
+                    env.dir.display()
+                );
+            }
             env.metrics_addr = configured_metrics(&env.dir.join("lazysnap.toml"));
             if stargz_bin.is_some() {
                 eprintln!(
