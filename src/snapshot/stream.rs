@@ -102,24 +102,30 @@ impl Demand {
 
 impl Drop for Demand {
     fn drop(&mut self) {
-        *LAST_DEMAND
-            .get_or_init(|| Mutex::new(None))
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(tokio::time::Instant::now());
+        LAST_DEMAND.store(since_epoch(), Ordering::SeqCst);
         DEMAND.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
-/// When the last fetch for a read ended (`None`: none yet).
-static LAST_DEMAND: std::sync::OnceLock<Mutex<Option<tokio::time::Instant>>> =
-    std::sync::OnceLock::new();
+/// When the last fetch for a read ended, in nanoseconds after [`EPOCH`]
+/// plus one (0: none yet).
+static LAST_DEMAND: AtomicU64 = AtomicU64::new(0);
+
+/// The daemon's reference instant for [`LAST_DEMAND`].
+static EPOCH: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+
+fn since_epoch() -> u64 {
+    let epoch = *EPOCH.get_or_init(tokio::time::Instant::now);
+    u64::try_from(epoch.elapsed().as_nanos())
+        .unwrap_or(u64::MAX - 1)
+        .saturating_add(1)
+}
 
 fn since_last_demand() -> Option<Duration> {
-    LAST_DEMAND
-        .get_or_init(|| Mutex::new(None))
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .map(|t| t.elapsed())
+    match LAST_DEMAND.load(Ordering::SeqCst) {
+        0 => None,
+        t => Some(Duration::from_nanos(since_epoch().saturating_sub(t))),
+    }
 }
 
 /// How often [`demand_quiet`] looks again.
@@ -299,21 +305,18 @@ impl RemoteContext {
         });
         let lock = || stream.lock().unwrap_or_else(|p| p.into_inner());
         // When the first bytes came, and how many: the rest measures the link.
-        let first: Mutex<Option<(tokio::time::Instant, usize)>> = Mutex::new(None);
+        let first: std::sync::OnceLock<(tokio::time::Instant, usize)> = std::sync::OnceLock::new();
         let result = self
             .client
             .read_range_progressive(reference, digest, start, end, &|prefix: &[u8]| {
-                first
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get_or_insert_with(|| (tokio::time::Instant::now(), prefix.len()));
+                first.get_or_init(|| (tokio::time::Instant::now(), prefix.len()));
                 lock().advance(prefix);
             })
             .await;
         let stream = stream.into_inner().unwrap_or_else(|p| p.into_inner());
         match result {
             Ok(span) => {
-                if let Some((t, n)) = *first.lock().unwrap_or_else(|p| p.into_inner()) {
+                if let Some(&(t, n)) = first.get() {
                     link_rate_sample(span.len().saturating_sub(n) as u64, t.elapsed());
                 }
                 counters.fetched(span.len() as u64);
